@@ -1,0 +1,52 @@
+# tvtelegrambingx: `make up` runs the stack in Docker, `make test` proves it on real servers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv test test-unit test-integration test-e2e run up down bench clean
+
+help:
+	@echo "make up      run the whole stack with docker compose (needs a .env: cp .env.example .env)"
+	@echo "make test    create .venv, make sure RabbitMQ answers, start a test MongoDB, run every test"
+	@echo "make run     run the stack on local servers without Docker (paper trading at the simulator)"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# The tests start their own MongoDB-compatible server (SecantusDB) on a free port and stop it at the end;
+# RabbitMQ is reused when it runs, else started (or installed) here. Each test gets a fresh vhost.
+test: venv
+	./ops/scripts/ensure-rabbitmq.sh
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv
+	./ops/scripts/ensure-rabbitmq.sh
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: venv
+	./ops/scripts/ensure-rabbitmq.sh
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+run: venv
+	./ops/scripts/ensure-rabbitmq.sh
+	$(PY) ops/scripts/run_local.py
+
+up:
+	@test -f .env || { echo "no .env: cp .env.example .env and fill it in"; exit 1; }
+	docker compose up --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .run

@@ -1,0 +1,193 @@
+"""Versioned message contracts: what travels on the broker between services.
+
+Messages are frozen; readers ignore fields they do not know, so a released version may only gain optional fields.
+Money and quantities are Decimal, carried as strings on the wire so nothing is rounded through a float.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+WireDecimal = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Action(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+    LONG = "long"
+    SHORT = "short"
+    CLOSE_LONG = "close_long"
+    CLOSE_SHORT = "close_short"
+    CLOSE = "close"
+    FLAT = "flat"
+    REVERSE = "reverse"
+
+    @property
+    def opens(self) -> bool:
+        """True when the action can open or grow a position (what `entries_off` refuses)."""
+        return self in {Action.BUY, Action.SELL, Action.LONG, Action.SHORT, Action.REVERSE}
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class KillSwitchMode(StrEnum):
+    RUNNING = "running"
+    ENTRIES_OFF = "entries_off"
+    HALTED = "halted"
+
+
+class Message(BaseModel):
+    """Base of every message. `TYPE` is the AMQP `type` property; `ROUTING_KEY` where the message goes."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    TYPE: ClassVar[str]
+    ROUTING_KEY: ClassVar[str] = ""
+
+    def routing_key(self) -> str:
+        return self.ROUTING_KEY
+
+    def correlation_id(self) -> str | None:
+        return getattr(self, "signal_id", None)
+
+
+class SignalReceivedV1(Message):
+    """An accepted alert, normalised whatever format it came in."""
+
+    TYPE: ClassVar[str] = "SignalReceivedV1"
+
+    signal_id: str
+    account: str = "default"
+    token_name: str
+    symbol: str = Field(description="ccxt unified symbol, e.g. BTC/USDT:USDT")
+    action: Action
+    order_type: OrderType = OrderType.MARKET
+    price: WireDecimal | None = None
+    qty: WireDecimal | None = None
+    usdt: WireDecimal | None = None
+    percent: WireDecimal | None = None
+    leverage: int | None = None
+    margin_mode: Literal["isolated", "cross"] | None = None
+    tp: WireDecimal | None = None
+    sl: WireDecimal | None = None
+    tp_pct: WireDecimal | None = None
+    sl_pct: WireDecimal | None = None
+    reduce_only: bool = False
+    strategy: str | None = None
+    alert_time: datetime | None = None
+    max_lag_s: float = 60.0
+    received_at: datetime
+
+    def routing_key(self) -> str:
+        # `<account>.<symbol>`; dots and slashes would split the topic, so the exchange id form is used.
+        return f"{self.account}.{self.symbol.split(':')[0].replace('/', '-')}"
+
+
+class OrderPlacedV1(Message):
+    TYPE: ClassVar[str] = "OrderPlacedV1"
+    ROUTING_KEY: ClassVar[str] = "order.placed.v1"
+
+    signal_id: str
+    account: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    amount: WireDecimal
+    order_id: str
+    client_order_id: str
+    status: str | None = None
+    filled: WireDecimal | None = None
+    average: WireDecimal | None = None
+    reduce_only: bool = False
+    placed_at: datetime
+
+
+class OrderFailedV1(Message):
+    TYPE: ClassVar[str] = "OrderFailedV1"
+    ROUTING_KEY: ClassVar[str] = "order.failed.v1"
+
+    signal_id: str
+    account: str
+    symbol: str
+    action: Action
+    reason: str
+    error_type: str
+    failed_at: datetime
+
+
+class SignalSkippedV1(Message):
+    """A signal consumed and deliberately not executed (kill switch, stale, nothing to do). Never executed later."""
+
+    TYPE: ClassVar[str] = "SignalSkippedV1"
+    ROUTING_KEY: ClassVar[str] = "signal.skipped.v1"
+
+    signal_id: str
+    account: str
+    symbol: str
+    action: Action
+    reason: str
+    mode: KillSwitchMode | None = None
+    skipped_at: datetime
+
+
+class SignalExpiredV1(Message):
+    """A signal older than its max lag: recorded, reported and parked for an operator's replay."""
+
+    TYPE: ClassVar[str] = "SignalExpiredV1"
+    ROUTING_KEY: ClassVar[str] = "signal.expired.v1"
+
+    signal_id: str
+    account: str
+    symbol: str
+    action: Action
+    age_s: float
+    max_lag_s: float
+    expired_at: datetime
+
+
+class KillSwitchChangedV1(Message):
+    """One version of the kill-switch state. Readers keep the highest version they have seen."""
+
+    TYPE: ClassVar[str] = "KillSwitchChangedV1"
+    ROUTING_KEY: ClassVar[str] = "control.killswitch_changed.v1"
+
+    version: int
+    mode: KillSwitchMode
+    actor: str
+    reason: str
+    changed_at: datetime
+
+    @property
+    def autotrade(self) -> bool:
+        return self.mode is KillSwitchMode.RUNNING
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (SignalReceivedV1, OrderPlacedV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1)
+}
+
+
+class UnknownMessageType(ValueError):
+    pass
+
+
+def decode(message_type: str | None, body: bytes) -> Message:
+    cls = MESSAGE_TYPES.get(message_type or "")
+    if cls is None:
+        raise UnknownMessageType(f"unknown message type {message_type!r}")
+    return cls.model_validate_json(body)
+
+
+def encode(message: Message) -> bytes:
+    return message.model_dump_json().encode()

@@ -1,0 +1,70 @@
+"""The kill switch as every service sees it: the highest version read from the `tvtb.control` stream.
+
+A service that has not learned the state yet knows nothing, and so does not trade (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, Message
+from shared.messaging import CONTROL_STREAM, Consumer
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[KillSwitchChangedV1], None]
+
+
+class KillSwitchView:
+    """Keeps the highest version seen; older or repeated versions are ignored."""
+
+    def __init__(self) -> None:
+        self.state: KillSwitchChangedV1 | None = None
+        self.known = asyncio.Event()
+        self._listeners: list[Listener] = []
+
+    @property
+    def mode(self) -> KillSwitchMode | None:
+        return self.state.mode if self.state else None
+
+    def on_change(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def apply(self, change: KillSwitchChangedV1) -> bool:
+        if self.state is not None and change.version <= self.state.version:
+            return False
+        previous, self.state = self.state, change
+        self.known.set()
+        log.info(
+            "kill switch state learned",
+            extra={"mode": change.mode.value, "version": change.version, "previous_mode": previous.mode.value if previous else None},
+        )
+        for listener in self._listeners:
+            listener(change)
+        return True
+
+    def describe(self) -> dict:
+        if self.state is None:
+            return {"killswitch": {"known": False}}
+        return {"killswitch": {"known": True, "mode": self.state.mode.value, "version": self.state.version}}
+
+
+def stream_reader(channel: AbstractChannel, view: KillSwitchView) -> Consumer:
+    """A consumer of the control stream from offset `last`, so a late joiner learns the current state at once."""
+
+    async def handle(message: Message, raw: AbstractIncomingMessage) -> None:
+        if isinstance(message, KillSwitchChangedV1):
+            view.apply(message)
+
+    return Consumer(
+        channel=channel,
+        queue_name=CONTROL_STREAM,
+        handler=handle,
+        prefetch=100,
+        name="killswitch",
+        consume_arguments={"x-stream-offset": "last"},
+    )

@@ -1,0 +1,253 @@
+"""The broker: topology as values declared idempotently, a confirmed publisher, and a consumer that acks after the outcome.
+
+Every service declares the same topology at start, so whichever starts first creates it and no message is
+published to an exchange without its queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ExchangeType,
+)
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from shared.contracts import Message, UnknownMessageType, decode, encode
+from shared.errors import PermanentError, TemporaryError
+from shared.observability import bound_signal, extract_trace, inject_trace
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("tvtb.messaging")
+
+SIGNALS_EXCHANGE = "tvtb.signals"
+EVENTS_EXCHANGE = "tvtb.events"
+DEAD_LETTER_EXCHANGE = "tvtb.dlx"
+CONTROL_STREAM = "tvtb.control"
+DELIVERY_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A quorum queue `<service>.<purpose>` with its `.dlq` twin and the bindings that feed it."""
+
+    name: str
+    exchange: str
+    binding_keys: tuple[str, ...]
+    single_active_consumer: bool = False
+    delivery_limit: int = DELIVERY_LIMIT
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+    def arguments(self) -> dict:
+        arguments: dict = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": self.dlq,
+            # at-least-once dead-lettering: a rejected message is not dropped on its way to the .dlq.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        if self.single_active_consumer:
+            arguments["x-single-active-consumer"] = True
+        return arguments
+
+
+# One queue for all signals, one consumer at a time: signals execute in the order they were accepted.
+EXECUTOR_SIGNALS = QueueSpec("executor.signals", SIGNALS_EXCHANGE, ("#",), single_active_consumer=True)
+NOTIFIER_EVENTS = QueueSpec("notifier.events", EVENTS_EXCHANGE, ("#",))
+QUEUES = (EXECUTOR_SIGNALS, NOTIFIER_EVENTS)
+CONTROL_STREAM_ARGUMENTS = {"x-queue-type": "stream", "x-max-length-bytes": 100_000_000}
+
+
+async def connect(url: str, name: str) -> AbstractRobustConnection:
+    """A robust connection, named so the broker's management UI shows which service holds it."""
+    return await aio_pika.connect_robust(url, client_properties={"connection_name": name}, timeout=10)
+
+
+async def declare_topology(channel: AbstractChannel) -> None:
+    await channel.declare_exchange(SIGNALS_EXCHANGE, ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC, durable=True)
+    dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.DIRECT, durable=True)
+    for spec in QUEUES:
+        dlq = await channel.declare_queue(spec.dlq, durable=True, arguments={"x-queue-type": "quorum"})
+        await dlq.bind(dlx, routing_key=spec.dlq)
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments())
+        for key in spec.binding_keys:
+            await queue.bind(spec.exchange, routing_key=key)
+    await channel.declare_queue(CONTROL_STREAM, durable=True, arguments=CONTROL_STREAM_ARGUMENTS)
+
+
+class PublishFailed(TemporaryError):
+    """The broker did not confirm the message (nack, unroutable, timeout or no connection)."""
+
+
+class Publisher:
+    """Publishes messages with publisher confirms: `publish` returns only once the broker has the message."""
+
+    def __init__(self, channel: AbstractChannel, *, timeout: float = 5.0) -> None:
+        self._channel = channel
+        self._timeout = timeout
+
+    @classmethod
+    async def open(cls, connection: AbstractRobustConnection, *, timeout: float = 5.0) -> Publisher:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(channel, timeout=timeout)
+
+    async def publish(
+        self,
+        message: Message,
+        *,
+        exchange: str,
+        routing_key: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        key = routing_key if routing_key is not None else message.routing_key()
+        message_id = message_id or uuid.uuid4().hex
+        with tracer.start_as_current_span(f"publish {exchange or key}", kind=SpanKind.PRODUCER) as span:
+            span.set_attribute("messaging.destination.name", exchange or key)
+            span.set_attribute("messaging.rabbitmq.destination.routing_key", key)
+            amqp_message = aio_pika.Message(
+                body=encode(message),
+                content_type="application/json",
+                message_id=message_id,
+                type=message.TYPE,
+                correlation_id=message.correlation_id(),
+                timestamp=datetime.now(timezone.utc),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers=inject_trace({}),
+            )
+            try:
+                target = self._channel.default_exchange if not exchange else await self._channel.get_exchange(
+                    exchange, ensure=False
+                )
+                # mandatory: a message no queue would take is an error, not a silent loss.
+                confirmation = await target.publish(
+                    amqp_message, routing_key=key, mandatory=True, timeout=timeout or self._timeout
+                )
+            except asyncio.TimeoutError as error:
+                raise PublishFailed(f"the broker did not confirm within {timeout or self._timeout}s") from error
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+                raise PublishFailed(f"the broker refused or could not take the message: {type(error).__name__}") from error
+            if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+                raise PublishFailed(f"the broker did not acknowledge the message: {type(confirmation).__name__}")
+        return message_id
+
+
+Handler = Callable[[Message, AbstractIncomingMessage], Awaitable[None]]
+
+
+@dataclass
+class Consumer:
+    """Consumes one queue. The handler records the outcome; the message is acked only after it returns.
+
+    A permanent error or an undecodable message is dead-lettered; anything else (the database or the venue
+    briefly away) is retried after a backoff, with the message held so later ones do not overtake it.
+    """
+
+    channel: AbstractChannel
+    queue_name: str
+    handler: Handler
+    prefetch: int = 1
+    name: str = "consumer"
+    consume_arguments: dict | None = None
+    _queue: AbstractQueue | None = field(default=None, init=False)
+    _tag: str | None = field(default=None, init=False)
+    _inflight: set[asyncio.Task] = field(default_factory=set, init=False)
+    _failures: int = field(default=0, init=False)
+
+    @property
+    def consuming(self) -> bool:
+        return self._tag is not None
+
+    async def start(self) -> None:
+        if self._tag is not None:
+            return
+        await self.channel.set_qos(prefetch_count=self.prefetch)
+        self._queue = await self.channel.get_queue(self.queue_name, ensure=False)
+        self._tag = await self._queue.consume(self._on_message, arguments=self.consume_arguments)
+        log.info("consuming", extra={"queue": self.queue_name, "consumer": self.name})
+
+    async def stop(self) -> None:
+        """Stop taking messages and let the ones in hand finish (they are acked or returned to the queue)."""
+        if self._queue is not None and self._tag is not None:
+            tag, self._tag = self._tag, None
+            try:
+                await self._queue.cancel(tag)
+            except Exception:  # the channel may already be gone; nothing is lost, unacked messages return
+                log.warning("could not cancel consumer", extra={"queue": self.queue_name}, exc_info=True)
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            decoded = decode(message.type, message.body)
+        except (ValidationError, UnknownMessageType, ValueError) as error:
+            log.error(
+                "undecodable message dead-lettered",
+                extra={"queue": self.queue_name, "message_id": message.message_id, "error": str(error)[:500]},
+            )
+            await message.reject(requeue=False)
+            return
+        context = extract_trace(message.headers)
+        with tracer.start_as_current_span(
+            f"process {self.queue_name}", context=context, kind=SpanKind.CONSUMER
+        ) as span, bound_signal(message.correlation_id):
+            span.set_attribute("messaging.message.id", message.message_id or "")
+            try:
+                await self.handler(decoded, message)
+            except PermanentError as error:
+                log.error("message dead-lettered", extra={"queue": self.queue_name, "error": str(error)}, exc_info=True)
+                await message.reject(requeue=False)
+                return
+            except asyncio.CancelledError:
+                await _safe_nack(message)
+                raise
+            except Exception as error:
+                self._failures += 1
+                delay = min(5.0, 0.2 * 2 ** min(self._failures, 5)) * random.uniform(0.8, 1.2)
+                log.warning(
+                    "handling failed; the message goes back to the queue",
+                    extra={"queue": self.queue_name, "error": f"{type(error).__name__}: {error}"[:500], "retry_in_s": round(delay, 2)},
+                    exc_info=not isinstance(error, TemporaryError),
+                )
+                await asyncio.sleep(delay)
+                await _safe_nack(message)
+                return
+            self._failures = 0
+            await message.ack()
+
+
+async def _safe_nack(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.nack(requeue=True)
+    except Exception:  # the channel closed: the broker redelivers the unacked message anyway
+        log.warning("could not return a message to its queue; the broker will redeliver it", exc_info=True)

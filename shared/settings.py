@@ -1,0 +1,125 @@
+"""Settings shared by every service, read once from the environment names in DESIGN.md."""
+
+from __future__ import annotations
+
+import sys
+from urllib.parse import urlsplit
+from enum import StrEnum
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class TradingMode(StrEnum):
+    PAPER = "paper"
+    DEMO = "demo"
+    LIVE = "live"
+
+
+class WebhookToken(BaseModel):
+    """One entry of WEBHOOK_TOKENS: the name is what logs and records show, never the secret."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    secret: SecretStr
+
+
+def parse_webhook_tokens(raw: object) -> tuple[WebhookToken, ...]:
+    if isinstance(raw, (tuple, list)):
+        return tuple(raw)
+    if not isinstance(raw, str):
+        raise ValueError("must be a comma-separated list of name:secret")
+    tokens: list[WebhookToken] = []
+    for position, item in enumerate((part.strip() for part in raw.split(",")), start=1):
+        if not item:
+            continue
+        name, sep, secret = item.partition(":")
+        name, secret = name.strip(), secret.strip()
+        # The message names the entry by position only: the text may be a secret pasted in the wrong place.
+        if not sep or not name or not secret:
+            raise ValueError(f"entry {position} is not of the form name:secret")
+        if any(t.name == name for t in tokens):
+            raise ValueError(f"the name {name!r} is used twice")
+        tokens.append(WebhookToken(name=name, secret=SecretStr(secret)))
+    if not tokens:
+        raise ValueError("must name at least one token as name:secret")
+    return tuple(tokens)
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads. Each service's settings class adds its own fields."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    amqp_url: SecretStr = Field(description="broker address, vhost included")
+    mongo_uri: SecretStr
+    mongo_db: str = "tvtb"
+    trading_mode: TradingMode = TradingMode.PAPER
+    log_level: str = "INFO"
+    otel_exporter_otlp_endpoint: str | None = None
+    bind_host: str = "0.0.0.0"
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process holds, so the log formatter can redact them should one ever slip through."""
+        values: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = value if isinstance(value, tuple) else (value,)
+            for item in items:
+                if isinstance(item, SecretStr):
+                    values.append(item.get_secret_value())
+                elif isinstance(item, WebhookToken):
+                    values.append(item.secret.get_secret_value())
+        for uri in (self.amqp_url, self.mongo_uri):
+            password = urlsplit(uri.get_secret_value()).password
+            if password:
+                values.append(password)
+        return values
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @field_validator("mongo_uri")
+    @classmethod
+    def _mongo_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
+
+
+WebhookTokens = Annotated[tuple[WebhookToken, ...], NoDecode]
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line naming each bad setting by its environment name. Input values are never echoed (secrets)."""
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        message = "is required but not set" if item["type"] == "missing" else item["msg"]
+        message = message.removeprefix("Value error, ")
+        parts.append(f"{name} {message}" if item["type"] == "missing" else f"{name}: {message}")
+    return "; ".join(parts)
+
+
+def load_settings(cls: type[S], service: str) -> S:
+    """Build the settings or stop the process with one clear line naming what is wrong."""
+    try:
+        return cls()
+    except ValidationError as error:
+        sys.stderr.write(f"{service}: configuration error: {describe_errors(error)}\n")
+        raise SystemExit(2) from None

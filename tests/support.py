@@ -1,0 +1,149 @@
+"""Test helpers: free ports, polling with a deadline, the per-test broker vhost and the test MongoDB server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBIT_HOST = os.environ.get("TVTB_TEST_RABBIT_HOST", "127.0.0.1")
+RABBIT_PORT = int(os.environ.get("TVTB_TEST_RABBIT_PORT", "5672"))
+RABBIT_MGMT = os.environ.get("TVTB_TEST_RABBIT_MGMT", "http://127.0.0.1:15672")
+RABBIT_USER = os.environ.get("TVTB_TEST_RABBIT_USER", "guest")
+RABBIT_PASSWORD = os.environ.get("TVTB_TEST_RABBIT_PASSWORD", "guest")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def _management(method: str, path: str, body: dict | None = None) -> bytes:
+    request = urllib.request.Request(
+        f"{RABBIT_MGMT}/api{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "content-type": "application/json",
+            "authorization": "Basic " + base64.b64encode(f"{RABBIT_USER}:{RABBIT_PASSWORD}".encode()).decode(),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read()
+
+
+def create_vhost() -> tuple[str, str]:
+    """A fresh vhost for one test, so the fixed topology names of DESIGN.md never collide between tests."""
+    vhost = f"tvtb-test-{uuid.uuid4().hex[:12]}"
+    _management("PUT", f"/vhosts/{vhost}", {})
+    _management("PUT", f"/permissions/{vhost}/{RABBIT_USER}", {"configure": ".*", "write": ".*", "read": ".*"})
+    url = f"amqp://{RABBIT_USER}:{RABBIT_PASSWORD}@{RABBIT_HOST}:{RABBIT_PORT}/{vhost}"
+    return vhost, url
+
+
+def delete_vhost(vhost: str) -> None:
+    _management("DELETE", f"/vhosts/{vhost}")
+
+
+def queue_info(vhost: str, queue: str) -> dict:
+    return json.loads(_management("GET", f"/queues/{vhost}/{queue}"))
+
+
+class MongoServer:
+    """A throwaway SecantusDB (MongoDB-compatible) server on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?retryWrites=false"
+
+    def start(self) -> None:
+        binary = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
+        self.process = subprocess.Popen(
+            [binary, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", ":memory:",
+             "--cache-size", "256M", "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"secantusd-py exited with {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("secantusd-py did not open its port within 30 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def drain(amqp_url: str, queue_name: str, *, check=None, timeout: float = 10.0) -> list:
+    """Consume and ack everything a signals queue holds, by publishing a sentinel signal behind it and reading up to it."""
+    import aio_pika
+
+    from shared.contracts import Action, SignalReceivedV1, decode, utcnow
+    from shared.messaging import SIGNALS_EXCHANGE, Publisher
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        sentinel_id = f"sentinel-{uuid.uuid4().hex}"
+        publisher = await Publisher.open(connection)
+        await publisher.publish(
+            SignalReceivedV1(signal_id=sentinel_id, token_name="test", symbol="BTC/USDT:USDT", action=Action.BUY, received_at=utcnow()),
+            exchange=SIGNALS_EXCHANGE,
+        )
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=100)
+        queue = await channel.get_queue(queue_name, ensure=False)
+        found: list = []
+        async with queue.iterator(timeout=timeout) as messages:
+            async for message in messages:
+                decoded = decode(message.type, message.body)
+                await message.ack()
+                if getattr(decoded, "signal_id", None) == sentinel_id:
+                    break
+                if check is not None:
+                    check(message, decoded)
+                found.append(decoded)
+        return found
+    finally:
+        await connection.close()
