@@ -1,0 +1,550 @@
+"""The simulator's HTTP door: BingX's /openApi routes and envelope over the engine, plus the unsigned /_sim admin API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from services.bingx_sim import signing
+from services.bingx_sim.engine import (
+    MAKER_FEE, TAKER_FEE, BingxError, Engine, Fill, Market, Order, OrderRequest, PositionView, bad_parameter,
+)
+from services.bingx_sim.settings import BingxSimSettings
+
+log = logging.getLogger("bingx_sim")
+
+Params = dict[str, str]
+Handler = Callable[[Engine, Params, int], Any]
+NO_DATA = object()  # a handler returning this answers without a `data` field, as BingX does for some POSTs
+USER_ID = "1000001"
+
+
+@dataclass
+class Sim:
+    engine: Engine
+    api_key: str
+    api_secret: str
+    clock: Callable[[], float]
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+SIM = web.AppKey("sim", Sim)
+
+
+def first_order_id(now_ms: int) -> int:
+    """19 digits, above 2**53 like BingX's, and later on each start so a restarted simulator repeats no id."""
+    return 1_800_000_000_000_000_000 + now_ms * 10_000
+
+
+# ---- rendering: BingX sends most numbers as strings --------------------------------------------------------------
+
+
+def _s(value: Decimal) -> str:
+    """A Decimal as plain text without exponent or trailing zeros (amounts, money)."""
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _p(value: Decimal) -> str:
+    """A price as stored (already at the market's tick, so "60000.0" like BingX)."""
+    return "0" if value == 0 else format(value, "f")
+
+
+def contract_view(market: Market) -> dict[str, Any]:
+    return {
+        "contractId": market.contract_id, "symbol": market.symbol, "size": _s(market.step),
+        "quantityPrecision": market.quantity_precision, "pricePrecision": market.price_precision,
+        "feeRate": float(TAKER_FEE), "makerFeeRate": float(MAKER_FEE), "takerFeeRate": float(TAKER_FEE),
+        "tradeMinLimit": 0, "tradeMinQuantity": float(market.min_qty), "tradeMinUSDT": float(market.min_notional),
+        "maxLongLeverage": market.max_leverage, "maxShortLeverage": market.max_leverage,
+        # ccxt parses a row without `currency` as spot, and wants the api states as the *strings* "true".
+        "currency": "USDT", "asset": market.base, "status": 1, "apiStateOpen": "true", "apiStateClose": "true",
+        "ensureTrigger": True, "triggerFeeRate": "0.00050000", "brokerState": True,
+        "launchTime": 1586275200000, "maintainTime": 0, "offTime": 0, "displayName": market.symbol,
+    }
+
+
+def ticker_view(engine: Engine, symbol: str, now: int) -> dict[str, Any]:
+    ticker = engine.ticker(symbol)
+    stats = ticker.stats
+    change = ticker.last - stats.open_price
+    percent = (change / stats.open_price * 100).quantize(Decimal("0.01"))
+    return {
+        "symbol": symbol, "priceChange": _p(change), "priceChangePercent": _s(percent),
+        "lastPrice": _p(ticker.last), "lastQty": _s(stats.last_qty), "highPrice": _p(stats.high),
+        "lowPrice": _p(stats.low), "volume": _s(stats.volume), "quoteVolume": _s(stats.quote_volume),
+        "openPrice": _p(stats.open_price), "openTime": stats.open_time, "closeTime": now,
+        # No order book is simulated: market orders fill at the mark, so the best bid and ask are the mark too.
+        "bidPrice": _p(ticker.last), "bidQty": "1000", "askPrice": _p(ticker.last), "askQty": "1000",
+    }
+
+
+def balance_view(engine: Engine) -> dict[str, Any]:
+    account = engine.account()
+    return {
+        "userId": USER_ID, "asset": "USDT", "balance": _s(account.balance), "equity": _s(account.equity),
+        "unrealizedProfit": _s(account.unrealised), "realisedProfit": _s(account.realised_pnl - account.fees),
+        "availableMargin": _s(account.available), "usedMargin": _s(account.used_margin),
+        "freezedMargin": _s(account.frozen_margin), "shortUid": USER_ID,
+    }
+
+
+def position_view(view: PositionView) -> dict[str, Any]:
+    position = view.position
+    return {
+        "positionId": str(position.position_id), "symbol": position.symbol, "currency": "USDT",
+        "positionAmt": _s(position.qty), "availableAmt": _s(position.qty), "positionSide": position.side,
+        "isolated": view.isolated, "avgPrice": _s(position.entry_price), "initialMargin": _s(view.margin),
+        "margin": _s(view.margin), "leverage": view.leverage, "unrealizedProfit": _s(view.unrealised),
+        "realisedProfit": _s(position.realised), "liquidationPrice": _s(view.liquidation_price),
+        "pnlRatio": _s(view.pnl_ratio), "maxMarginReduction": "0", "riskRate": _s(view.risk_rate),
+        "markPrice": _p(view.mark_price), "positionValue": _s(view.value), "onlyOnePosition": view.one_way,
+        "updateTime": position.update_time,
+    }
+
+
+def _protection_view(raw: str) -> dict[str, Any]:
+    empty = {"type": "", "quantity": 0, "stopPrice": 0, "price": 0, "workingType": "", "stopGuaranteed": ""}
+    if not raw:
+        return empty
+    spec = json.loads(raw)
+    return {**empty, **{k: spec[k] for k in ("type", "quantity", "stopPrice", "price", "workingType") if k in spec}}
+
+
+def order_view(order: Order) -> dict[str, Any]:
+    """An order as GET order, openOrders and allOrders report it (reference §4.1)."""
+    return {
+        "symbol": order.symbol, "orderId": order.order_id, "side": order.side, "positionSide": order.position_side,
+        "type": order.type, "origQty": _s(order.orig_qty), "price": _p(order.price),
+        "executedQty": _s(order.executed_qty), "avgPrice": _p(order.avg_price), "cumQuote": _s(order.cum_quote),
+        "stopPrice": _p(order.stop_price) if order.stop_price else "", "profit": _s(order.profit),
+        "commission": _s(order.commission), "status": order.status, "time": order.time,
+        "updateTime": order.update_time, "clientOrderId": order.client_order_id, "leverage": f"{order.leverage}X",
+        "takeProfit": _protection_view(order.take_profit), "stopLoss": _protection_view(order.stop_loss),
+        "advanceAttr": 0, "positionID": 0, "takeProfitEntrustPrice": 0, "stopLossEntrustPrice": 0,
+        "orderType": "", "workingType": order.working_type, "onlyOnePosition": order.only_one_position,
+        "reduceOnly": order.reduce_only, "postOnly": order.time_in_force == "POSTONLY",
+        "stopGuaranteed": "false", "triggerOrderId": 0, "trailingStopRate": _s(order.price_rate),
+        "trailingStopDistance": "0",
+    }
+
+
+def created_order_view(order: Order) -> dict[str, Any]:
+    """The `data.order` of a create-order answer: no `time`, TP/SL echoed as JSON strings, as BingX sends it."""
+    return {
+        "symbol": order.symbol, "orderId": order.order_id, "side": order.side, "positionSide": order.position_side,
+        "type": order.type, "price": _p(order.price), "quantity": _s(order.orig_qty),
+        "stopPrice": _p(order.stop_price), "workingType": order.working_type,
+        "clientOrderID": order.client_order_id,
+        "timeInForce": "PostOnly" if order.time_in_force == "POSTONLY" else order.time_in_force,
+        "priceRate": _s(order.price_rate), "stopLoss": order.stop_loss, "takeProfit": order.take_profit,
+        "reduceOnly": order.reduce_only, "activationPrice": "0",
+        "closePosition": "true" if order.close_position else "", "stopGuaranteed": "",
+        "status": order.status, "avgPrice": _p(order.avg_price), "executedQty": _s(order.executed_qty),
+    }
+
+
+def fill_view(fill: Fill) -> dict[str, Any]:
+    filled = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(fill.time / 1000))
+    return {
+        "filledTm": f"{filled}Z", "volume": _s(fill.qty), "price": _p(fill.price), "amount": _s(fill.quote),
+        "commission": _s(fill.commission), "currency": "USDT", "orderId": str(fill.order_id),
+        "liquidatedPrice": "", "liquidatedMarginRatio": "", "filledTime": f"{filled}.000+0000",
+        "clientOrderId": fill.client_order_id, "symbol": fill.symbol, "side": fill.side,
+        "positionSide": fill.position_side, "type": fill.type, "onlyOnePosition": fill.position_side == "BOTH",
+    }
+
+
+# ---- decoding parameters -----------------------------------------------------------------------------------------
+
+
+def _decimal(params: Params, key: str) -> Decimal | None:
+    text = params.get(key)
+    if text is None or text == "":
+        return None
+    try:
+        value = Decimal(text)  # ccxt sends values below 1e-4 in exponent notation, which Decimal reads
+    except InvalidOperation:
+        raise bad_parameter(f"{key} must be a number") from None
+    if not value.is_finite():
+        raise bad_parameter(f"{key} must be a number")
+    return value
+
+
+def _bool(params: Params, key: str) -> bool | None:
+    text = params.get(key)
+    if text is None or text == "":
+        return None
+    if text.lower() not in ("true", "false"):
+        raise bad_parameter(f"{key} must be true or false")
+    return text.lower() == "true"
+
+
+def _int(params: Params, key: str) -> int | None:
+    text = params.get(key)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise bad_parameter(f"{key} must be an integer") from None
+
+
+def _client_order_id(params: Params) -> str | None:
+    # ccxt sends `clientOrderID`; BingX's docs and answers say `clientOrderId`. Both are accepted.
+    value = params.get("clientOrderID") or params.get("clientOrderId")
+    return value or None
+
+
+def _required(params: Params, key: str) -> str:
+    value = params.get(key)
+    if not value:
+        raise bad_parameter(f"{key} is required")
+    return value
+
+
+# ---- /openApi handlers: plain functions of (engine, params, now) returning `data` ----------------------------------
+
+
+def get_contracts(engine: Engine, params: Params, now: int) -> Any:
+    symbol = params.get("symbol")
+    return [contract_view(m) for m in engine.markets if not symbol or m.symbol == symbol]
+
+
+def get_ticker(engine: Engine, params: Params, now: int) -> Any:
+    symbol = params.get("symbol")
+    if symbol:
+        return ticker_view(engine, engine.market(symbol).symbol, now)
+    return [ticker_view(engine, m.symbol, now) for m in engine.markets]
+
+
+def get_server_time(engine: Engine, params: Params, now: int) -> Any:
+    return {"serverTime": now}
+
+
+def get_balance(engine: Engine, params: Params, now: int) -> Any:
+    return [balance_view(engine)]
+
+
+def get_position_mode(engine: Engine, params: Params, now: int) -> Any:
+    return {"dualSidePosition": "true" if engine.hedged else "false"}
+
+
+def set_position_mode(engine: Engine, params: Params, now: int) -> Any:
+    hedged = _bool(params, "dualSidePosition")
+    if hedged is None:
+        raise bad_parameter("dualSidePosition is required")
+    engine.set_position_mode(hedged)
+    return get_position_mode(engine, params, now)
+
+
+def get_positions(engine: Engine, params: Params, now: int) -> Any:
+    return [position_view(v) for v in engine.positions(params.get("symbol") or None)]
+
+
+def place_order(engine: Engine, params: Params, now: int) -> Any:
+    request = OrderRequest(
+        symbol=_required(params, "symbol"), side=_required(params, "side"), type=_required(params, "type"),
+        position_side=params.get("positionSide") or None, quantity=_decimal(params, "quantity"),
+        price=_decimal(params, "price"), stop_price=_decimal(params, "stopPrice"),
+        quote_order_qty=_decimal(params, "quoteOrderQty"), reduce_only=_bool(params, "reduceOnly"),
+        close_position=bool(_bool(params, "closePosition")), client_order_id=_client_order_id(params),
+        time_in_force=params.get("timeInForce") or None, working_type=params.get("workingType") or None,
+        stop_loss=params.get("stopLoss") or None, take_profit=params.get("takeProfit") or None,
+        price_rate=_decimal(params, "priceRate"),
+    )
+    order = engine.place_order(request, now)
+    log.info("order %s %s %s %s %s qty=%s status=%s avg=%s", order.order_id, order.symbol, order.side,
+             order.position_side, order.type, _s(order.orig_qty), order.status, _p(order.avg_price))
+    return {"order": created_order_view(order)}
+
+
+def _lookup(params: Params) -> tuple[str | None, int | None, str | None]:
+    order_id, client_order_id = _int(params, "orderId"), _client_order_id(params)
+    if order_id is None and client_order_id is None:
+        raise bad_parameter("orderId or clientOrderId is required")
+    return params.get("symbol") or None, order_id, client_order_id
+
+
+def get_order(engine: Engine, params: Params, now: int) -> Any:
+    order = engine.find_order(*_lookup(params))
+    if order is None:
+        raise BingxError(80016, "order does not exist")
+    return {"order": order_view(order)}
+
+
+def cancel_order(engine: Engine, params: Params, now: int) -> Any:
+    order = engine.cancel_order(*_lookup(params), now)
+    log.info("order %s %s cancelled", order.order_id, order.symbol)
+    return {"order": order_view(order)}
+
+
+def get_open_orders(engine: Engine, params: Params, now: int) -> Any:
+    return {"orders": [order_view(o) for o in engine.open_orders(params.get("symbol") or None)]}
+
+
+def get_all_orders(engine: Engine, params: Params, now: int) -> Any:
+    orders = engine.all_orders(params.get("symbol") or None)
+    from_id, start, end = _int(params, "orderId"), _int(params, "startTime"), _int(params, "endTime")
+    limit = min(_int(params, "limit") or 500, 1000)
+    orders = [o for o in orders if (from_id is None or o.order_id >= from_id)
+              and (start is None or o.time >= start) and (end is None or o.time <= end)]
+    return {"orders": [order_view(o) for o in orders[-limit:]]}
+
+
+def cancel_all_orders(engine: Engine, params: Params, now: int) -> Any:
+    symbol = params.get("symbol") or None
+    if symbol:
+        engine.market(symbol)
+    return {"success": [order_view(o) for o in engine.cancel_all(symbol, now)], "failed": None}
+
+
+def _leverage_symbol(engine: Engine, params: Params) -> str:
+    symbol = _required(params, "symbol")
+    if symbol not in {m.symbol for m in engine.markets}:
+        raise BingxError(109500, "symbol not exist")
+    return symbol
+
+
+def _leverage_data(engine: Engine, symbol: str) -> dict[str, Any]:
+    market = engine.market(symbol)
+    available = engine.account().available
+    price = engine.price(symbol)
+    long_leverage, short_leverage = engine.leverage(symbol, "LONG"), engine.leverage(symbol, "SHORT")
+    cap = Decimal(100_000_000)
+    return {
+        "longLeverage": long_leverage, "shortLeverage": short_leverage,
+        "maxLongLeverage": market.max_leverage, "maxShortLeverage": market.max_leverage,
+        "availableLongVol": _s(market.truncate_qty(available * long_leverage / price)),
+        "availableShortVol": _s(market.truncate_qty(available * short_leverage / price)),
+        "availableLongVal": _s(available * long_leverage), "availableShortVal": _s(available * short_leverage),
+        "maxPositionLongVal": _s(cap), "maxPositionShortVal": _s(cap),
+    }
+
+
+def get_leverage(engine: Engine, params: Params, now: int) -> Any:
+    return _leverage_data(engine, _leverage_symbol(engine, params))
+
+
+def set_leverage(engine: Engine, params: Params, now: int) -> Any:
+    symbol = _leverage_symbol(engine, params)
+    leverage = _int(params, "leverage")
+    if leverage is None:
+        raise bad_parameter("leverage is required")
+    side = _required(params, "side")
+    engine.set_leverage(symbol, side, leverage)
+    return {"leverage": leverage, "symbol": symbol, **_leverage_data(engine, symbol)}
+
+
+def get_margin_type(engine: Engine, params: Params, now: int) -> Any:
+    symbol = engine.market(_required(params, "symbol")).symbol
+    return {"marginType": engine.margin_type(symbol), "symbol": symbol}
+
+
+def set_margin_type(engine: Engine, params: Params, now: int) -> Any:
+    engine.set_margin_type(_required(params, "symbol"), _required(params, "marginType"))
+    return NO_DATA
+
+
+def close_all_positions(engine: Engine, params: Params, now: int) -> Any:
+    symbol = params.get("symbol") or None
+    if symbol:
+        engine.market(symbol)
+    ids = engine.close_all_positions(symbol, now)
+    log.info("closed all positions%s: orders %s", f" of {symbol}" if symbol else "", ids)
+    return {"success": ids, "failed": None}
+
+
+def get_fills(engine: Engine, params: Params, now: int) -> Any:
+    symbol, order_id = params.get("symbol") or None, _int(params, "orderId")
+    start, end = _int(params, "startTs"), _int(params, "endTs")
+    fills = [f for f in engine.fills if (symbol is None or f.symbol == symbol)
+             and (order_id is None or f.order_id == order_id)
+             and (start is None or f.time >= start) and (end is None or f.time <= end)]
+    return {"fill_orders": [fill_view(f) for f in fills]}
+
+
+def empty_list(engine: Engine, params: Params, now: int) -> Any:
+    return []
+
+
+def empty_spot_symbols(engine: Engine, params: Params, now: int) -> Any:
+    return {"symbols": []}
+
+
+# (method, path under /openApi/, handler, signed)
+ENDPOINTS: tuple[tuple[str, str, Handler, bool], ...] = (
+    ("GET", "swap/v2/quote/contracts", get_contracts, False),
+    ("GET", "swap/v2/quote/ticker", get_ticker, False),
+    ("GET", "swap/v2/server/time", get_server_time, False),
+    ("GET", "swap/v3/user/balance", get_balance, True),
+    ("GET", "swap/v1/positionSide/dual", get_position_mode, True),
+    ("POST", "swap/v1/positionSide/dual", set_position_mode, True),
+    ("GET", "swap/v2/user/positions", get_positions, True),
+    ("POST", "swap/v2/trade/order", place_order, True),
+    ("GET", "swap/v2/trade/order", get_order, True),
+    ("DELETE", "swap/v2/trade/order", cancel_order, True),
+    ("GET", "swap/v2/trade/openOrders", get_open_orders, True),
+    ("GET", "swap/v2/trade/allOrders", get_all_orders, True),
+    ("DELETE", "swap/v2/trade/allOpenOrders", cancel_all_orders, True),
+    ("GET", "swap/v2/trade/leverage", get_leverage, True),
+    ("POST", "swap/v2/trade/leverage", set_leverage, True),
+    ("GET", "swap/v2/trade/marginType", get_margin_type, True),
+    ("POST", "swap/v2/trade/marginType", set_margin_type, True),
+    ("POST", "swap/v2/trade/closeAllPositions", close_all_positions, True),
+    ("GET", "swap/v2/trade/allFillOrders", get_fills, True),
+    # Live (non-sandbox) ccxt also loads coin-margined and spot markets and the wallet's currencies.
+    ("GET", "cswap/v1/market/contracts", empty_list, False),
+    ("GET", "spot/v1/common/symbols", empty_spot_symbols, False),
+    ("GET", "wallets/v1/capital/config/getall", empty_list, True),
+)
+
+
+def _envelope(now: int, data: Any = NO_DATA, code: int = 0, msg: str = "") -> web.Response:
+    body: dict[str, Any] = {"code": code, "msg": msg, "timestamp": now}
+    if data is not NO_DATA:
+        body["data"] = data
+    # Business errors are HTTP 200 too: ccxt reads `code` before it looks at the status.
+    return web.json_response(body)
+
+
+def _door(handler: Handler, signed: bool) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
+        sim = request.app[SIM]
+        now = sim.now_ms()
+        # Verify the query exactly as it arrived: re-encoding or re-sorting it would change what was signed.
+        raw_query = request.rel_url.raw_query_string
+        try:
+            if signed:
+                signing.verify(raw_query, request.headers.get("X-BX-APIKEY"), sim.api_key, sim.api_secret, now)
+            data = handler(sim.engine, signing.parse_query(raw_query), now)
+        except BingxError as error:
+            level = logging.WARNING if error.code in (100001, 100412, 100413, 100421) else logging.INFO
+            log.log(level, "%s %s refused: %s %s", request.method, request.path, error.code, error.msg)
+            return _envelope(now, code=error.code, msg=error.msg)
+        return _envelope(now, data)
+
+    return handle
+
+
+async def _unknown_api(request: web.Request) -> web.Response:
+    now = request.app[SIM].now_ms()
+    return web.json_response({"code": 100400, "msg": "this api is not exist", "timestamp": now}, status=404)
+
+
+# ---- /_sim admin API and health ----------------------------------------------------------------------------------
+
+
+def state_view(engine: Engine) -> dict[str, Any]:
+    account = engine.account()
+    symbols = [m.symbol for m in engine.markets]
+    return {
+        "balances": {"USDT": {
+            "deposits": _s(account.deposits), "balance": _s(account.balance), "equity": _s(account.equity),
+            "unrealizedProfit": _s(account.unrealised), "realisedPnl": _s(account.realised_pnl),
+            "fees": _s(account.fees), "realisedProfit": _s(account.realised_pnl - account.fees),
+            "usedMargin": _s(account.used_margin), "freezedMargin": _s(account.frozen_margin),
+            "availableMargin": _s(account.available),
+        }},
+        "dualSidePosition": engine.hedged,
+        "prices": {symbol: _p(price) for symbol, price in engine.prices.items()},
+        "leverage": {s: {"LONG": engine.leverage(s, "LONG"), "SHORT": engine.leverage(s, "SHORT")} for s in symbols},
+        "marginType": {s: engine.margin_type(s) for s in symbols},
+        "positions": [position_view(v) for v in engine.positions()],
+        "orders": [order_view(o) for o in engine.all_orders()],
+        "fills": [{
+            "orderId": f.order_id, "clientOrderId": f.client_order_id, "symbol": f.symbol, "side": f.side,
+            "positionSide": f.position_side, "type": f.type, "qty": _s(f.qty), "price": _p(f.price),
+            "quote": _s(f.quote), "commission": _s(f.commission), "realisedPnl": _s(f.realised_pnl), "time": f.time,
+        } for f in engine.fills],
+    }
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not JSON"}),
+                                 content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be a JSON object"}),
+                                 content_type="application/json")
+    return body
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+def _prices_from(body: dict[str, Any]) -> dict[str, Decimal]:
+    prices = {}
+    for symbol, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"the price of {symbol} must be a number or a numeric string")
+        try:
+            prices[str(symbol)] = Decimal(str(value))
+        except InvalidOperation:
+            raise ValueError(f"the price of {symbol} is not a number") from None
+    return prices
+
+
+async def admin_state(request: web.Request) -> web.Response:
+    return web.json_response(state_view(request.app[SIM].engine))
+
+
+async def admin_prices(request: web.Request) -> web.Response:
+    sim = request.app[SIM]
+    try:
+        sim.engine.set_prices(_prices_from(await _json_object(request)), sim.now_ms())
+    except ValueError as error:
+        return _bad_request(str(error))
+    log.info("prices set: %s", {s: _p(p) for s, p in sim.engine.prices.items()})
+    return web.json_response({"prices": {s: _p(p) for s, p in sim.engine.prices.items()}})
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    """Back to the starting balance and prices with nothing open; `{"balance": "5000"}` changes the start."""
+    sim = request.app[SIM]
+    body = await _json_object(request)
+    try:
+        balance = Decimal(str(body["balance"])) if "balance" in body else None
+        sim.engine.reset(sim.now_ms(), balance=balance)
+    except (InvalidOperation, ValueError) as error:
+        return _bad_request(f"balance: {error}" if isinstance(error, ValueError) else "balance is not a number")
+    log.info("reset to a balance of %s USDT", _s(sim.engine.deposits))
+    return web.json_response(state_view(sim.engine))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(settings: BingxSimSettings, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """The simulator as an aiohttp application; `clock` (seconds) is what signed timestamps are checked against."""
+    now = int(clock() * 1000)
+    engine = Engine(settings.bingx_sim_balance_usdt, settings.bingx_sim_prices, now=now,
+                    first_order_id=first_order_id(now))
+    app = web.Application()
+    app[SIM] = Sim(engine, settings.bingx_api_key.get_secret_value(),
+                   settings.bingx_api_secret.get_secret_value(), clock)
+    for method, path, handler, signed in ENDPOINTS:
+        app.router.add_route(method, f"/openApi/{path}", _door(handler, signed))
+    app.router.add_route("*", "/openApi/{tail:.*}", _unknown_api)
+    app.router.add_get("/_sim/state", admin_state)
+    app.router.add_post("/_sim/prices", admin_prices)
+    app.router.add_post("/_sim/reset", admin_reset)
+    app.router.add_get("/healthz", healthz)
+    return app
