@@ -1,0 +1,1 @@
+"""The ingress: TradingView webhooks in, confirmed signals out."""

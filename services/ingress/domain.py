@@ -1,0 +1,221 @@
+"""Pure rules of the ingress: reading an alert, mapping its symbol, naming its signal. No I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from shared.contracts import Action, OrderType, SignalReceivedV1
+from shared.settings import WebhookToken
+
+MAX_LAG_DEFAULT_S = 60.0
+MAX_LAG_CAP_S = 600.0
+SIZE_FIELDS = ("qty", "usdt", "percent")
+SUPPORTED_QUOTE = "USDT"
+_MAX_EXPONENT = 12
+_MIN_EXPONENT = -12
+_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
+_SYMBOL_CHARS = re.compile(r"^[A-Z0-9]{1,20}$")
+_ACCOUNT_CHARS = re.compile(r"^[\w-]{1,32}$")
+_ID_CHARS = re.compile(r"^[\w.:\-]{1,128}$")
+
+
+class InvalidAlert(ValueError):
+    """The alert cannot become a signal; the message says why, for a person to read."""
+
+
+def match_token(presented: str | None, tokens: tuple[WebhookToken, ...]) -> WebhookToken | None:
+    """Compare against every configured token in constant time, without stopping at the first match."""
+    if not presented:
+        return None
+    presented_bytes = presented.encode()
+    found: WebhookToken | None = None
+    for token in tokens:
+        if hmac.compare_digest(presented_bytes, token.secret.get_secret_value().encode()):
+            found = token
+    return found
+
+
+def normalize_symbol(raw: str) -> str:
+    """`BTCUSDT.P`, `BINANCE:BTCUSDT.P`, `BTC-USDT`, `BTC/USDT`, `BTC/USDT:USDT` all become `BTC/USDT:USDT`."""
+    text = raw.strip().upper()
+    if ":" in text and "/" not in text:
+        text = text.split(":", 1)[1]  # an exchange prefix such as BINANCE:
+    if "/" in text:
+        pair, _, settle = text.partition(":")
+        base, _, quote = pair.partition("/")
+        if settle and settle != quote:
+            raise InvalidAlert(f"symbol {raw!r}: settle currency {settle} differs from quote {quote}")
+    else:
+        for suffix in (".P", "PERP", ".PERP"):
+            text = text.removesuffix(suffix)
+        if "-" in text:
+            base, _, quote = text.partition("-")
+        elif text.endswith(SUPPORTED_QUOTE):
+            base, quote = text[: -len(SUPPORTED_QUOTE)], SUPPORTED_QUOTE
+        else:
+            raise InvalidAlert(f"symbol {raw!r} is not a USDT perpetual (expected e.g. BTCUSDT.P or BTC-USDT)")
+    if quote != SUPPORTED_QUOTE:
+        raise InvalidAlert(f"symbol {raw!r}: only USDT-margined perpetuals are traded (quote {quote})")
+    if not _SYMBOL_CHARS.match(base):
+        raise InvalidAlert(f"symbol {raw!r} is not a valid market name")
+    return f"{base}/{SUPPORTED_QUOTE}:{SUPPORTED_QUOTE}"
+
+
+def signal_id_for(token_name: str, raw_body: bytes, payload_id: str | None) -> str:
+    """The payload's id when given; else a hash of the token name and the raw body (a resend is byte-identical)."""
+    if payload_id is not None:
+        return payload_id
+    digest = hashlib.sha256(token_name.encode() + b"\n" + raw_body).hexdigest()
+    return f"h-{digest[:40]}"
+
+
+def _check_placeholders(payload: dict[str, Any], prefix: str = "") -> None:
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            _check_placeholders(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and _PLACEHOLDER.search(value):
+            raise InvalidAlert(f"'{prefix}{key}' holds an unfilled TradingView placeholder ({_PLACEHOLDER.search(value).group(0)})")
+
+
+def _decimal(payload: dict[str, Any], key: str, *, positive: bool = True) -> Decimal | None:
+    value = payload.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidAlert(f"'{key}' must be a number")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidAlert(f"'{key}' must be a number, not {str(value)[:40]!r}") from None
+    if not number.is_finite():
+        raise InvalidAlert(f"'{key}' must be a finite number")
+    # By exponent, not by arithmetic: comparing a huge Decimal would itself overflow the context.
+    if number != 0 and not _MIN_EXPONENT <= number.adjusted() < _MAX_EXPONENT:
+        raise InvalidAlert(f"'{key}' is out of range")
+    if positive and number <= 0:
+        raise InvalidAlert(f"'{key}' must be greater than zero")
+    return number
+
+
+def _text(payload: dict[str, Any], key: str, max_length: int = 64) -> str | None:
+    value = payload.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise InvalidAlert(f"'{key}' must be text")
+    text = str(value).strip()
+    if len(text) > max_length:
+        raise InvalidAlert(f"'{key}' is longer than {max_length} characters")
+    return text
+
+
+def _bool(payload: dict[str, Any], key: str) -> bool:
+    value = payload.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return value.strip().lower() in {"true", "1", "yes"}
+    raise InvalidAlert(f"'{key}' must be true or false")
+
+
+def parse_alert_time(value: Any) -> datetime | None:
+    """`{{timenow}}` is ISO 8601 UTC; epoch seconds or milliseconds are accepted too."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(seconds, timezone.utc)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.replace(".", "", 1).isdigit():
+            return parse_alert_time(float(text))
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidAlert(f"'timestamp' is not a time: {text[:40]!r} (use {{{{timenow}}}})") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise InvalidAlert("'timestamp' must be an ISO time or epoch seconds")
+
+
+def build_signal(
+    payload: dict[str, Any], *, token_name: str, raw_body: bytes, received_at: datetime
+) -> SignalReceivedV1:
+    """Turn a native JSON alert (DESIGN.md) into the one normalised signal, or say what is wrong with it."""
+    _check_placeholders(payload)
+    raw_action = _text(payload, "action")
+    if raw_action is None:
+        raise InvalidAlert("'action' is missing (buy, sell, long, short, close_long, close_short, close, flat)")
+    try:
+        action = Action(raw_action.lower())
+    except ValueError:
+        raise InvalidAlert(f"unknown action {raw_action[:32]!r} (buy, sell, long, short, close_long, close_short, close, flat)") from None
+    if action is Action.REVERSE:
+        raise InvalidAlert("action 'reverse' is not supported yet: send a close and then an open")
+
+    raw_symbol = _text(payload, "symbol", 64)
+    if raw_symbol is None:
+        raise InvalidAlert("'symbol' is missing (e.g. BTCUSDT.P)")
+    symbol = normalize_symbol(raw_symbol)
+
+    sizes = {name: _decimal(payload, name) for name in SIZE_FIELDS}
+    given = [name for name, value in sizes.items() if value is not None]
+    if len(given) > 1:
+        raise InvalidAlert(f"give exactly one size, not {' and '.join(given)}")
+    if not given and action.opens:
+        raise InvalidAlert("a size is missing: give one of qty (contracts), usdt (notional) or percent (of free margin)")
+    if sizes["percent"] is not None and sizes["percent"] > 100:
+        raise InvalidAlert("'percent' cannot be more than 100")
+
+    raw_type = (_text(payload, "order_type") or "market").lower()
+    try:
+        order_type = OrderType(raw_type)
+    except ValueError:
+        raise InvalidAlert(f"'order_type' must be market or limit, not {raw_type[:20]!r}") from None
+    price = _decimal(payload, "price")
+    if order_type is OrderType.LIMIT and price is None:
+        raise InvalidAlert("a limit order needs a 'price'")
+
+    leverage_value = _decimal(payload, "leverage")
+    if leverage_value is not None and (leverage_value != leverage_value.to_integral_value() or leverage_value > 150):
+        raise InvalidAlert("'leverage' must be a whole number from 1 to 150")
+    margin_mode = _text(payload, "margin_mode")
+    if margin_mode is not None and margin_mode.lower() not in {"isolated", "cross"}:
+        raise InvalidAlert("'margin_mode' must be isolated or cross")
+
+    max_lag = _decimal(payload, "max_lag")
+    payload_id = _text(payload, "id", 128)
+    if payload_id is not None and not _ID_CHARS.match(payload_id):
+        raise InvalidAlert("'id' may hold only letters, digits and . _ : - (at most 128)")
+
+    account = _text(payload, "account", 32) or "default"
+    if not _ACCOUNT_CHARS.match(account):
+        raise InvalidAlert("'account' may hold only letters, digits, _ and - (at most 32)")
+
+    return SignalReceivedV1(
+        signal_id=signal_id_for(token_name, raw_body, payload_id),
+        account=account,
+        token_name=token_name,
+        symbol=symbol,
+        action=action,
+        order_type=order_type,
+        price=price,
+        qty=sizes["qty"],
+        usdt=sizes["usdt"],
+        percent=sizes["percent"],
+        leverage=int(leverage_value) if leverage_value is not None else None,
+        margin_mode=margin_mode.lower() if margin_mode else None,  # type: ignore[arg-type]
+        tp=_decimal(payload, "tp"),
+        sl=_decimal(payload, "sl"),
+        tp_pct=_decimal(payload, "tp_pct"),
+        sl_pct=_decimal(payload, "sl_pct"),
+        reduce_only=_bool(payload, "reduce_only"),
+        strategy=_text(payload, "strategy", 128),
+        alert_time=parse_alert_time(payload.get("timestamp")),
+        max_lag_s=float(min(max_lag, Decimal(str(MAX_LAG_CAP_S)))) if max_lag is not None else MAX_LAG_DEFAULT_S,
+        received_at=received_at,
+    )

@@ -1,0 +1,94 @@
+"""The ingress's pure rules: symbols, tokens, sizes, placeholders, signal ids."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.ingress.domain import InvalidAlert, build_signal, match_token, normalize_symbol, signal_id_for
+from shared.settings import parse_webhook_tokens
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("raw", ["BTCUSDT.P", "BINANCE:BTCUSDT.P", "BTC-USDT", "BTC/USDT:USDT", "btcusdt", "BTC/USDT", "BYBIT:BTCUSDT"])
+def test_every_symbol_form_means_the_same_market(raw):
+    assert normalize_symbol(raw) == "BTC/USDT:USDT"
+
+
+@pytest.mark.parametrize("raw", ["BTCEUR", "BTC/USDC:USDC", "BTC/USDT:BTC", "B$C-USDT", "USDT"])
+def test_symbols_that_are_not_usdt_perpetuals_are_refused(raw):
+    with pytest.raises(InvalidAlert):
+        normalize_symbol(raw)
+
+
+def test_match_token_finds_the_right_name_and_refuses_near_misses():
+    tokens = parse_webhook_tokens("a:first-secret,b:second-secret")
+    assert match_token("second-secret", tokens).name == "b"
+    assert match_token("second-secre", tokens) is None
+    assert match_token("", tokens) is None
+    assert match_token(None, tokens) is None
+
+
+def test_signal_id_is_the_payload_id_or_a_stable_hash():
+    assert signal_id_for("main", b"{}", "abc") == "abc"
+    assert signal_id_for("main", b"{}", None) == signal_id_for("main", b"{}", None)
+    assert signal_id_for("main", b"{}", None) != signal_id_for("other", b"{}", None)
+    assert signal_id_for("main", b"{}", None) != signal_id_for("main", b"{} ", None)
+
+
+def signal(**payload):
+    return build_signal(payload, token_name="main", raw_body=b"x", received_at=NOW)
+
+
+def test_a_full_native_alert_is_normalised():
+    s = signal(symbol="ETHUSDT.P", action="LONG", usdt="250.5", leverage=5, margin_mode="Isolated", timestamp="2026-12-03T11:59:58Z",
+               max_lag="30", strategy="trend", account="acct-1", id="x.1")
+    assert (s.signal_id, s.symbol, s.action.value, s.usdt, s.leverage, s.margin_mode) == ("x.1", "ETH/USDT:USDT", "long", Decimal("250.5"), 5, "isolated")
+    assert s.alert_time == datetime(2026, 12, 3, 11, 59, 58, tzinfo=timezone.utc) and s.max_lag_s == 30 and s.account == "acct-1"
+
+
+def test_a_close_needs_no_size_and_max_lag_is_capped():
+    s = signal(symbol="BTCUSDT", action="close_long", max_lag=100000)
+    assert s.qty is None and s.max_lag_s == 600
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": "0"}, "'qty' must be greater than zero"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": "NaN"}, "finite"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": "1e999999999"}, "out of range"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": True}, "'qty' must be a number"),
+        ({"symbol": "BTCUSDT", "action": "buy", "percent": 150}, "more than 100"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "order_type": "limit"}, "needs a 'price'"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "leverage": 2.5}, "whole number"),
+        ({"symbol": "BTCUSDT", "action": "reverse", "qty": 1}, "not supported yet"),
+        ({"symbol": "{{ticker}}", "action": "buy", "qty": 1}, "'symbol' holds an unfilled TradingView placeholder ({{ticker}})"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "timestamp": "yesterday"}, "'timestamp' is not a time"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "account": "a.b"}, "'account' may hold only"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "id": "a b"}, "'id' may hold only"),
+    ],
+)
+def test_bad_alerts_are_refused_with_the_reason(payload, reason):
+    with pytest.raises(InvalidAlert) as error:
+        signal(**payload)
+    assert reason in str(error.value)
+
+
+@settings(deadline=None)
+@given(st.dictionaries(st.sampled_from(["symbol", "action", "qty", "usdt", "percent", "price", "order_type", "leverage", "timestamp",
+                                         "max_lag", "id", "account", "reduce_only", "tp", "sl", "margin_mode"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30),
+                                 st.lists(st.integers(), max_size=2))))
+def test_any_payload_becomes_a_signal_or_a_clear_refusal(payload):
+    try:
+        result = signal(**payload)
+    except InvalidAlert as error:
+        assert str(error)
+    else:
+        assert result.symbol.endswith("/USDT:USDT")
