@@ -1,0 +1,141 @@
+"""The control service's HTTP door: /bot/settings behind a bearer token, plus health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from services.control import handlers
+from services.control.bootstrap import Control
+from services.control.domain import InvalidChange, initial_mode, requested_mode
+from shared import mongo
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode
+from shared.messaging import PublishFailed
+from shared.observability import tracing_middleware, Readiness, add_health_routes
+
+log = logging.getLogger(__name__)
+
+CONTROL_KEY = web.AppKey("control", Control)
+METRICS_KEY = web.AppKey("control_metrics", object)
+
+
+class SettingsChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    autotrade: bool | None = None
+    mode: str | None = None
+    reason: str = ""
+
+
+class ControlMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.mode = Gauge("tvtb_killswitch_mode", "Kill-switch mode this service believes (1 for the current one)", ["mode"], registry=registry)
+        self.requests = Counter("tvtb_control_requests_total", "Control API requests by result", ["endpoint", "result"], registry=registry)
+
+    def show(self, state: KillSwitchChangedV1) -> None:
+        for mode in KillSwitchMode:
+            self.mode.labels(mode.value).set(1 if mode is state.mode else 0)
+
+
+def _json(body: dict, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o, default=str).decode())
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return _json({"status": "error", "reason": reason}, status)
+
+
+def state_body(state: KillSwitchChangedV1 | None) -> dict:
+    if state is None:
+        return {"autotrade": False, "mode": None, "version": 0, "set_by": None, "reason": None, "changed_at": None}
+    return {
+        "autotrade": state.autotrade,
+        "mode": state.mode.value,
+        "version": state.version,
+        "set_by": state.actor,
+        "reason": state.reason,
+        "changed_at": state.changed_at.isoformat(),
+    }
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Everything under /bot needs `Authorization: Bearer $CONTROL_API_TOKEN`, compared in constant time."""
+    if request.path.startswith("/bot"):
+        expected = request.app[CONTROL_KEY].settings.control_api_token.get_secret_value().encode()
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+            log.warning("control request refused: missing or wrong bearer token", extra={"path": request.path, "peer": request.remote})
+            request.app[METRICS_KEY].requests.labels(request.path, "unauthorized").inc()
+            return _error(401, "missing or wrong bearer token")
+    return await handler(request)
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    control = request.app[CONTROL_KEY]
+    state = await handlers.current_state(control.deps)
+    request.app[METRICS_KEY].requests.labels("/bot/settings", "read").inc()
+    return _json(state_body(state))
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    control = request.app[CONTROL_KEY]
+    metrics: ControlMetrics = request.app[METRICS_KEY]
+    try:
+        change = SettingsChange.model_validate_json(await request.read())
+        mode = requested_mode(change.autotrade, change.mode)
+    except ValidationError as error:
+        first = error.errors(include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return _error(400, f"invalid settings request: {where}: {first['msg']}")
+    except InvalidChange as error:
+        return _error(400, str(error))
+    try:
+        state = await handlers.change_mode(control.deps, mode, actor="api", reason=change.reason or "changed through the API")
+    except handlers.ConcurrentChange as error:
+        return _error(409, str(error))
+    except PublishFailed as error:
+        metrics.requests.labels("/bot/settings", "not_distributed").inc()
+        # Saved in Mongo but not yet on the stream: say so; start-up or the next change republishes it.
+        return _error(503, f"the change was saved but could not be distributed to the services yet: {error}")
+    metrics.show(state)
+    metrics.requests.labels("/bot/settings", "changed").inc()
+    return _json(state_body(state))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    control = request.app[CONTROL_KEY]
+    states = await handlers.history(control.deps)
+    return _json({"history": [state_body(s) for s in states]})
+
+
+def create_app(control: Control, registry: CollectorRegistry | None = None) -> web.Application:
+    registry = registry or CollectorRegistry()
+    app = web.Application(middlewares=[tracing_middleware, bearer_auth], client_max_size=64 * 1024)
+    app[CONTROL_KEY] = control
+    app[METRICS_KEY] = ControlMetrics(registry)
+    app.router.add_get("/bot/settings", get_settings)
+    app.router.add_put("/bot/settings", put_settings)
+    app.router.add_get("/bot/settings/history", get_history)
+
+    async def readiness() -> Readiness:
+        state = await handlers.current_state(control.deps) if await mongo.ping(control.deps.db) else None
+        broker = not control.connection.is_closed
+        detail = {"broker": broker, "mongo": state is not None, "mode": state.mode.value if state else None}
+        return Readiness(ready=broker and state is not None, detail=detail)
+
+    add_health_routes(app, registry, readiness)
+
+    async def distribute_state(app: web.Application):
+        state = await handlers.bootstrap_state(control.deps, initial_mode(control.settings.initial_autotrade_effective))
+        app[METRICS_KEY].show(state)
+        yield
+
+    app.cleanup_ctx.append(distribute_state)
+    return app

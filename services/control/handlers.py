@@ -1,0 +1,82 @@
+"""What the control service does: read and change the kill switch. REST and Telegram both call these."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pymongo import DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, utcnow
+from shared.messaging import CONTROL_STREAM, Publisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControlDeps:
+    db: AsyncDatabase
+    publisher: Publisher
+
+
+class ConcurrentChange(RuntimeError):
+    """Another writer took the next version first."""
+
+
+def _from_document(document: dict) -> KillSwitchChangedV1:
+    return KillSwitchChangedV1.model_validate({k: v for k, v in document.items() if k != "_id"})
+
+
+async def current_state(deps: ControlDeps) -> KillSwitchChangedV1 | None:
+    document = await deps.db.control_history.find_one({}, sort=[("version", DESCENDING)])
+    return _from_document(document) if document else None
+
+
+async def history(deps: ControlDeps, limit: int = 50) -> list[KillSwitchChangedV1]:
+    cursor = deps.db.control_history.find({}, sort=[("version", DESCENDING)], limit=limit)
+    return [_from_document(d) async for d in cursor]
+
+
+async def distribute(deps: ControlDeps, state: KillSwitchChangedV1) -> None:
+    """Publish a state to the control stream; raises PublishFailed when the broker did not confirm it."""
+    await deps.publisher.publish(state, exchange="", routing_key=CONTROL_STREAM, message_id=f"killswitch-v{state.version}")
+
+
+async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str) -> KillSwitchChangedV1:
+    """Write the next version to Mongo (history kept), then distribute it to every service.
+
+    Mongo first: if the broker then fails, the change is not lost; start-up republishes the latest version.
+    """
+    previous = await current_state(deps)
+    state = KillSwitchChangedV1(
+        version=(previous.version if previous else 0) + 1, mode=mode, actor=actor, reason=reason, changed_at=utcnow()
+    )
+    try:
+        await deps.db.control_history.insert_one(state.model_dump(mode="python"))
+    except DuplicateKeyError as error:
+        raise ConcurrentChange("another change was made at the same moment; read the state and try again") from error
+    log.warning(
+        "kill switch changed",
+        extra={"mode": mode.value, "version": state.version, "actor": actor, "reason": reason,
+               "previous_mode": previous.mode.value if previous else None},
+    )
+    await distribute(deps, state)
+    return state
+
+
+async def bootstrap_state(deps: ControlDeps, initial: KillSwitchMode) -> KillSwitchChangedV1:
+    """Make sure the stream carries the current state: the initial one on a fresh install, else the latest."""
+    state = await current_state(deps)
+    if state is None:
+        try:
+            state = await change_mode(
+                deps, initial, actor="system", reason=f"fresh install: initial state from INITIAL_AUTOTRADE ({initial.value})"
+            )
+            return state
+        except ConcurrentChange:
+            state = await current_state(deps)
+            assert state is not None
+    await distribute(deps, state)
+    return state
