@@ -1,0 +1,1 @@
+"""The executor: signals in, BingX orders out, each at most once."""

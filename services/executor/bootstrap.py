@@ -1,0 +1,91 @@
+"""Builds the executor's dependencies in start order and closes them in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aio_pika.abc import AbstractRobustConnection
+from prometheus_client import CollectorRegistry
+
+from services.executor.exchange import BingxExchange, ExchangeUnavailable
+from services.executor.handlers import ExecutorDeps, ExecutorMetrics
+from services.executor.settings import ExecutorSettings
+from shared import messaging, mongo
+from shared.killswitch import KillSwitchView, stream_reader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Executor:
+    settings: ExecutorSettings
+    deps: ExecutorDeps
+    connection: AbstractRobustConnection
+    registry: CollectorRegistry
+    exchange_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event) -> None:
+    """Keep trying until the venue answers: until then the executor is not ready and consumes nothing."""
+    delay = 0.5
+    while True:
+        try:
+            await exchange.start()
+            ready.set()
+            return
+        except ExchangeUnavailable as error:
+            log.warning("exchange not reachable yet", extra={"error": str(error), "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+@contextlib.asynccontextmanager
+async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = None) -> AsyncIterator[Executor]:
+    registry = CollectorRegistry()
+    async with contextlib.AsyncExitStack() as stack:
+        client = mongo.connect(settings.mongo_uri.get_secret_value(), app_name="executor")
+        stack.push_async_callback(client.close)
+        db = mongo.database(client, settings.mongo_db)
+        await mongo.ensure_indexes(db, ("signals", "orders"))
+
+        connection = await messaging.connect(settings.amqp_url.get_secret_value(), "tvtb-executor")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await messaging.declare_topology(channel)
+        publisher = await messaging.Publisher.open(connection)
+
+        if exchange is None:
+            exchange = BingxExchange(
+                api_key=settings.bingx_api_key.get_secret_value(),
+                api_secret=settings.bingx_api_secret.get_secret_value(),
+                base_url=settings.venue_base_url,
+                sandbox=settings.sandbox,
+                timeout_s=settings.exchange_timeout_s,
+                throttle=settings.throttle,
+            )
+        stack.push_async_callback(exchange.close)
+
+        view = KillSwitchView()
+        metrics = ExecutorMetrics(registry)
+        metrics.show_mode(None)
+        view.on_change(lambda state: metrics.show_mode(state.mode))
+        deps = ExecutorDeps(db=db, publisher=publisher, exchange=exchange, view=view, metrics=metrics)
+        executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
+
+        starting = asyncio.create_task(_start_exchange(exchange, executor.exchange_ready))
+
+        async def stop_starting() -> None:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+
+        stack.push_async_callback(stop_starting)
+
+        control_channel = await connection.channel()
+        reader = stream_reader(control_channel, view)
+        await reader.start()
+        stack.push_async_callback(reader.stop)
+        yield executor

@@ -1,0 +1,45 @@
+"""The executor's AMQP door: consume signals, but only once the kill-switch state and the venue are known."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from services.executor.bootstrap import Executor
+from services.executor.handlers import handle_signal
+from shared.contracts import Message, SignalReceivedV1
+from shared.errors import PermanentError
+from shared.messaging import EXECUTOR_SIGNALS, Consumer
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def consuming(executor: Executor) -> AsyncIterator[Consumer]:
+    """Start consuming signals when the state is learned (fail closed); stop first on the way out."""
+    channel = await executor.connection.channel()
+
+    async def handle(message: Message, raw: AbstractIncomingMessage) -> None:
+        if not isinstance(message, SignalReceivedV1):
+            raise PermanentError(f"{type(message).__name__} does not belong on {EXECUTOR_SIGNALS.name}")
+        await handle_signal(message, executor.deps)
+
+    # prefetch 1 with a single active consumer: signals execute one at a time, in the order accepted.
+    consumer = Consumer(channel=channel, queue_name=EXECUTOR_SIGNALS.name, handler=handle, prefetch=1, name="executor")
+
+    async def start_when_known() -> None:
+        await executor.deps.view.known.wait()
+        await executor.exchange_ready.wait()
+        await consumer.start()
+
+    starter = asyncio.create_task(start_when_known())
+    try:
+        yield consumer
+    finally:
+        starter.cancel()
+        await asyncio.gather(starter, return_exceptions=True)
+        await consumer.stop()

@@ -1,0 +1,124 @@
+"""Pure trading rules of the executor: the kill-switch decision, staleness, sizing, and what order an action means."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+
+from shared.contracts import Action, KillSwitchMode, SignalReceivedV1
+
+CLIENT_ORDER_ID_PREFIX = "tvtb"
+
+
+class CannotPlace(ValueError):
+    """The signal cannot become an order (unknown market, size under the minimum, ...); the text says why."""
+
+
+@dataclass(frozen=True)
+class OrderPlan:
+    side: str  # buy | sell
+    amount: Decimal
+    reduce_only: bool
+
+
+@dataclass(frozen=True)
+class NothingToDo:
+    reason: str
+
+
+def client_order_id(signal_id: str, leg: int = 0) -> str:
+    """Derived from the signal id, so a redelivered signal can only ever name the same order.
+
+    BingX lowercases client ids and allows at most 40 characters: lowercase hex of a hash fits both.
+    """
+    digest = hashlib.sha256(f"{signal_id}|{leg}".encode()).hexdigest()
+    return f"{CLIENT_ORDER_ID_PREFIX}{digest[:32]}"
+
+
+def kill_switch_refusal(mode: KillSwitchMode | None, action: Action, reduce_only: bool) -> str | None:
+    """Why the kill switch forbids this signal, or None when it may go. An unknown mode forbids everything."""
+    if mode is None:
+        return "the kill-switch state is not known yet"
+    if mode is KillSwitchMode.HALTED:
+        return "trading is halted"
+    if mode is KillSwitchMode.ENTRIES_OFF and action.opens and not reduce_only:
+        return "entries are off: only closing orders go"
+    return None
+
+
+def age_seconds(signal: SignalReceivedV1, now: datetime) -> float:
+    """Age from the alert's own time when it carries one, else from its arrival at the ingress."""
+    reference = signal.alert_time or signal.received_at
+    return (now - reference).total_seconds()
+
+
+def is_stale(signal: SignalReceivedV1, now: datetime) -> bool:
+    return age_seconds(signal, now) > signal.max_lag_s
+
+
+def _open_side(action: Action) -> str:
+    return "buy" if action in (Action.BUY, Action.LONG) else "sell"
+
+
+def open_amount(
+    signal: SignalReceivedV1, *, price: Decimal, free_margin: Decimal, leverage: int
+) -> Decimal:
+    """The size in base coin: `qty` as given, `usdt` notional at the price, `percent` of free margin times leverage."""
+    if signal.qty is not None:
+        return signal.qty
+    if signal.usdt is not None:
+        return signal.usdt / price
+    if signal.percent is not None:
+        return free_margin * signal.percent / Decimal(100) * Decimal(leverage) / price
+    raise CannotPlace("the signal carries no size")
+
+
+def check_minimums(amount: Decimal, price: Decimal, *, min_amount: Decimal | None, min_cost: Decimal | None, symbol: str) -> None:
+    if amount <= 0:
+        raise CannotPlace(f"the size rounds to zero at {symbol}'s precision")
+    if min_amount is not None and amount < min_amount:
+        raise CannotPlace(f"the size {amount} is under {symbol}'s minimum of {min_amount}")
+    if min_cost is not None and amount * price < min_cost:
+        raise CannotPlace(f"the order's value {(amount * price).quantize(Decimal('0.01'), ROUND_DOWN)} USDT is under {symbol}'s minimum of {min_cost} USDT")
+
+
+def closing_action(action: Action) -> Action:
+    """What an action does when it may only reduce: a reduce-only buy closes a short, a reduce-only sell a long."""
+    return {
+        Action.BUY: Action.CLOSE_SHORT,
+        Action.LONG: Action.CLOSE_SHORT,
+        Action.SELL: Action.CLOSE_LONG,
+        Action.SHORT: Action.CLOSE_LONG,
+    }.get(action, action)
+
+
+def close_plan(action: Action, positions: dict[str, Decimal], qty: Decimal | None, percent: Decimal | None) -> OrderPlan | NothingToDo:
+    """A reduce-only order that closes (part of) a position; it can never open the other side.
+
+    `positions` maps side (long/short) to contracts held on the symbol.
+    """
+    if action is Action.CLOSE_LONG:
+        sides = ["long"]
+    elif action is Action.CLOSE_SHORT:
+        sides = ["short"]
+    else:
+        sides = [s for s in ("long", "short") if positions.get(s)]
+        if len(sides) > 1:
+            raise CannotPlace("both a long and a short are open on this symbol: say close_long or close_short")
+    if not sides or not positions.get(sides[0]):
+        wanted = {Action.CLOSE_LONG: "long ", Action.CLOSE_SHORT: "short "}.get(action, "")
+        return NothingToDo(f"no {wanted}position to close")
+    side = sides[0]
+    held = positions[side]
+    amount = held
+    if qty is not None:
+        amount = min(qty, held)
+    elif percent is not None:
+        amount = held * percent / Decimal(100)
+    return OrderPlan(side="sell" if side == "long" else "buy", amount=amount, reduce_only=True)
+
+
+def open_plan(signal: SignalReceivedV1, amount: Decimal) -> OrderPlan:
+    return OrderPlan(side=_open_side(signal.action), amount=amount, reduce_only=signal.reduce_only)

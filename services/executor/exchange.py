@@ -1,0 +1,218 @@
+"""The one place ccxt is touched: BingX perpetual swaps, with ccxt's errors mapped to the project's own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import ccxt.async_support as ccxt
+
+from shared.errors import PermanentError, TemporaryError
+
+log = logging.getLogger(__name__)
+
+
+class ExchangeUnavailable(TemporaryError):
+    """The venue could not be reached or asked us to slow down. For an order, the outcome is unknown."""
+
+
+class OrderRejected(PermanentError):
+    """The venue refused the order for a reason that a retry cannot change."""
+
+    def __init__(self, reason: str, error_type: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error_type = error_type
+
+
+class ExchangeAuthFailed(OrderRejected):
+    """The key or its signature was refused: it may be revoked or leaked."""
+
+
+class AlreadyPlaced(PermanentError):
+    """The venue already has an order with this client order id."""
+
+
+@dataclass(frozen=True)
+class Market:
+    symbol: str
+    id: str
+    active: bool
+    min_amount: Decimal | None
+    min_cost: Decimal | None
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order_id: str
+    client_order_id: str | None
+    symbol: str
+    side: str
+    amount: Decimal
+    status: str | None
+    filled: Decimal | None
+    average: Decimal | None
+    reduce_only: bool
+
+
+@dataclass(frozen=True)
+class Position:
+    symbol: str
+    side: str  # long | short
+    contracts: Decimal
+    entry_price: Decimal | None
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def venue_reason(error: Exception) -> str:
+    """BingX's own words when the error carries its JSON body, else the exception text, without any URL."""
+    text = str(error)
+    match = re.search(r"\{.*\}", text)
+    if match:
+        try:
+            body = json.loads(match.group(0))
+            if isinstance(body, dict) and body.get("msg"):
+                return f"{body['msg']} (BingX code {body.get('code')})"
+        except ValueError:
+            pass
+    # ccxt puts the request URL (with its signature) in some messages: keep only the first words.
+    return re.sub(r"https?://\S+", "<url>", text)[:300]
+
+
+def map_error(error: Exception) -> Exception:
+    """ccxt's exception classes to ours. Order matters: ccxt's tree nests them."""
+    reason = venue_reason(error)
+    kind = type(error).__name__
+    if isinstance(error, ccxt.DuplicateOrderId):
+        return AlreadyPlaced(reason)
+    if isinstance(error, ccxt.AuthenticationError):
+        return ExchangeAuthFailed(reason, kind)
+    if isinstance(error, (ccxt.NetworkError, ccxt.OperationFailed)):
+        return ExchangeUnavailable(f"{kind}: {reason}")
+    if isinstance(error, ccxt.BaseError):
+        return OrderRejected(reason, kind)
+    return error
+
+
+class BingxExchange:
+    """BingX perpetual swaps through ccxt's real code path; `base_url` points it at the simulator or a proxy."""
+
+    def __init__(self, *, api_key: str, api_secret: str, base_url: str | None, sandbox: bool, timeout_s: float = 10.0, throttle: bool = True) -> None:
+        self._client = ccxt.bingx(
+            {
+                "apiKey": api_key,
+                "secret": api_secret,
+                "timeout": int(timeout_s * 1000),
+                "enableRateLimit": throttle,
+                "options": {"defaultType": "swap"},
+            }
+        )
+        if sandbox:
+            self._client.set_sandbox_mode(True)
+        if base_url:
+            # After set_sandbox_mode, which replaces urls['api'] (bingx-ccxt-wire.md §1).
+            self._client.urls["api"] = {section: f"{base_url}/openApi" for section in self._client.urls["api"]}
+        self.hedged = False
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await getattr(self._client, method)(*args, **kwargs)
+        except ccxt.BaseError as error:
+            raise map_error(error) from error
+
+    async def start(self) -> None:
+        await self._call("load_markets")
+        mode = await self._call("fetch_position_mode")
+        self.hedged = bool(mode.get("hedged"))
+        log.info("exchange ready", extra={"markets": len(self._client.markets), "hedged": self.hedged})
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def market(self, symbol: str) -> Market | None:
+        market = self._client.markets.get(symbol) if self._client.markets else None
+        if market is None or not market.get("swap"):
+            return None
+        limits = market.get("limits") or {}
+        return Market(
+            symbol=symbol,
+            id=market["id"],
+            active=bool(market.get("active")),
+            min_amount=_dec((limits.get("amount") or {}).get("min")),
+            min_cost=_dec((limits.get("cost") or {}).get("min")),
+        )
+
+    def amount_to_precision(self, symbol: str, amount: Decimal) -> Decimal:
+        try:
+            return Decimal(self._client.amount_to_precision(symbol, float(amount)))
+        except ccxt.InvalidOrder:
+            return Decimal(0)
+
+    async def price(self, symbol: str) -> Decimal:
+        ticker = await self._call("fetch_ticker", symbol)
+        last = ticker.get("last") or ticker.get("close")
+        if last is None:
+            raise ExchangeUnavailable(f"no price for {symbol}")
+        return Decimal(str(last))
+
+    async def free_margin(self) -> Decimal:
+        balance = await self._call("fetch_balance")
+        return Decimal(str((balance.get("USDT") or {}).get("free") or 0))
+
+    async def positions(self, symbol: str) -> list[Position]:
+        raw = await self._call("fetch_positions", [symbol])
+        found = []
+        for item in raw:
+            contracts = _dec(item.get("contracts")) or Decimal(0)
+            if item.get("symbol") == symbol and contracts > 0:
+                found.append(Position(symbol=symbol, side=item.get("side"), contracts=contracts, entry_price=_dec(item.get("entryPrice"))))
+        return found
+
+    async def create_market_order(self, symbol: str, side: str, amount: Decimal, *, client_order_id: str, reduce_only: bool) -> PlacedOrder:
+        params: dict[str, Any] = {"clientOrderId": client_order_id}
+        if self.hedged:
+            params["hedged"] = True
+        if reduce_only:
+            params["reduceOnly"] = True
+        order = await self._call("create_order", symbol, "market", side, float(amount), None, params)
+        return self._placed(order, symbol, side, amount, client_order_id, reduce_only)
+
+    async def find_order(self, symbol: str, client_order_id: str) -> PlacedOrder | None:
+        """Ask the venue for an order by our client order id: the check before anything is sent again."""
+        market = self._client.market(symbol)
+        try:
+            response = await self._client.swapV2PrivateGetTradeOrder({"symbol": market["id"], "clientOrderId": client_order_id})
+        except ccxt.OrderNotFound:
+            return None
+        except ccxt.BaseError as error:
+            raise map_error(error) from error
+        data = (response or {}).get("data") or {}
+        raw = data.get("order", data)
+        if not raw:
+            return None
+        order = self._client.parse_order(raw, market)
+        return self._placed(order, symbol, order.get("side"), _dec(order.get("amount")) or Decimal(0), client_order_id, bool(order.get("reduceOnly")))
+
+    async def cancel_all_orders(self, symbol: str) -> None:
+        await self._call("cancel_all_orders", symbol)
+
+    @staticmethod
+    def _placed(order: dict, symbol: str, side: str, amount: Decimal, client_order_id: str, reduce_only: bool) -> PlacedOrder:
+        return PlacedOrder(
+            order_id=str(order.get("id")),
+            client_order_id=order.get("clientOrderId") or client_order_id,
+            symbol=symbol,
+            side=side,
+            amount=_dec(order.get("amount")) or amount,
+            status=order.get("status"),
+            filled=_dec(order.get("filled")),
+            average=_dec(order.get("average")),
+            reduce_only=reduce_only,
+        )

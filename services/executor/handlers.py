@@ -1,0 +1,265 @@
+"""What happens to each signal: claim it once, obey the kill switch, refuse it if stale, place it at most once.
+
+The signal's document in `signals` is the state machine:
+  received -> submitting -> placed | failed        (an order was attempted)
+  received -> skipped | expired | failed           (it never reached the venue)
+`submitting` is written before the order is sent, so after a crash or a timeout the venue is asked for the
+client order id before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from services.executor import domain
+from services.executor.domain import CannotPlace, NothingToDo, OrderPlan
+from services.executor.exchange import (
+    AlreadyPlaced,
+    BingxExchange,
+    ExchangeUnavailable,
+    OrderRejected,
+    PlacedOrder,
+)
+from shared.contracts import (
+    KillSwitchMode,
+    Message,
+    OrderFailedV1,
+    OrderPlacedV1,
+    SignalExpiredV1,
+    SignalReceivedV1,
+    SignalSkippedV1,
+    decode,
+    encode,
+    utcnow,
+)
+from shared.killswitch import KillSwitchView
+from shared.messaging import EVENTS_EXCHANGE, Publisher
+from shared.observability import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
+
+RECEIVED, SUBMITTING = "received", "submitting"
+PLACED, FAILED, SKIPPED, EXPIRED = "placed", "failed", "skipped", "expired"
+TERMINAL = frozenset({PLACED, FAILED, SKIPPED, EXPIRED})
+DEFAULT_LEVERAGE = 1
+
+
+class ExecutorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.signals = Counter("tvtb_signals_total", "Signals handled, by outcome", ["outcome"], registry=registry)
+        self.orders = Counter("tvtb_orders_total", "Orders by status", ["status"], registry=registry)
+        self.failures = Counter("tvtb_order_failures_total", "Order failures by reason type", ["reason"], registry=registry)
+        self.signal_age = Histogram(
+            "tvtb_signal_age_seconds", "Age of a signal when the executor decides on it", buckets=LATENCY_BUCKETS + (30, 60, 120, 300), registry=registry
+        )
+        self.signal_to_order = Histogram(
+            "tvtb_signal_to_order_seconds", "From the ingress accepting a signal to the venue confirming its order", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.mode = Gauge("tvtb_killswitch_mode", "Kill-switch mode this service believes (1 for the current one)", ["mode"], registry=registry)
+
+    def show_mode(self, mode: KillSwitchMode | None) -> None:
+        for candidate in KillSwitchMode:
+            self.mode.labels(candidate.value).set(1 if candidate is mode else 0)
+
+
+@dataclass
+class ExecutorDeps:
+    db: AsyncDatabase
+    publisher: Publisher
+    exchange: BingxExchange
+    view: KillSwitchView
+    metrics: ExecutorMetrics
+
+
+async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
+    document = await _claim(deps, signal)
+    status = document["status"]
+    if status in TERMINAL:
+        log.info("signal already handled; not executed again", extra={"status": status})
+        if not document.get("outcome_published"):
+            await _publish_outcome(deps, document)
+        return
+
+    client_id = domain.client_order_id(signal.signal_id)
+    if status == SUBMITTING:
+        # A previous attempt may have reached the venue: ask before doing anything else.
+        found = await deps.exchange.find_order(signal.symbol, document.get("client_order_id") or client_id)
+        if found is not None:
+            log.warning("order found at the venue after an interrupted attempt", extra={"order_id": found.order_id})
+            await _record_placed(deps, signal, found)
+            return
+
+    now = utcnow()
+    refusal = domain.kill_switch_refusal(deps.view.mode, signal.action, signal.reduce_only)
+    if refusal is not None:
+        await _finish(deps, signal, SKIPPED, SignalSkippedV1(
+            signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
+            reason=refusal, mode=deps.view.mode, skipped_at=now,
+        ), reason=refusal, mode=deps.view.mode.value if deps.view.mode else None)
+        return
+
+    age = domain.age_seconds(signal, now)
+    deps.metrics.signal_age.observe(max(age, 0.0))
+    if age > signal.max_lag_s:
+        await _finish(deps, signal, EXPIRED, SignalExpiredV1(
+            signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
+            age_s=round(age, 3), max_lag_s=signal.max_lag_s, expired_at=now,
+        ), reason=f"older than its max lag ({age:.1f}s > {signal.max_lag_s:.0f}s); parked for replay")
+        return
+
+    try:
+        plan = await _plan(deps, signal)
+    except CannotPlace as error:
+        await _fail(deps, signal, str(error), "CannotPlace")
+        return
+    if isinstance(plan, NothingToDo):
+        await _finish(deps, signal, SKIPPED, SignalSkippedV1(
+            signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
+            reason=plan.reason, mode=deps.view.mode, skipped_at=now,
+        ), reason=plan.reason)
+        return
+
+    await deps.db.signals.update_one(
+        {"_id": signal.signal_id},
+        {"$set": {"status": SUBMITTING, "client_order_id": client_id, "updated_at": utcnow(),
+                  "plan": {"side": plan.side, "amount": plan.amount, "reduce_only": plan.reduce_only}},
+         "$inc": {"attempts": 1}},
+    )
+    try:
+        placed = await deps.exchange.create_market_order(
+            signal.symbol, plan.side, plan.amount, client_order_id=client_id, reduce_only=plan.reduce_only
+        )
+    except AlreadyPlaced:
+        placed = await deps.exchange.find_order(signal.symbol, client_id)
+        if placed is None:
+            raise ExchangeUnavailable("the venue says this client order id exists but does not show it yet") from None
+    except ExchangeUnavailable:
+        # The order may or may not have reached the venue: look before anyone sends it again.
+        placed = await deps.exchange.find_order(signal.symbol, client_id)
+        if placed is None:
+            raise  # redelivered later; the `submitting` status sends it through the lookup first
+    except OrderRejected as error:
+        deps.metrics.failures.labels(error.error_type).inc()
+        await _fail(deps, signal, error.reason, error.error_type)
+        return
+    await _record_placed(deps, signal, placed)
+
+
+async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> OrderPlan | NothingToDo:
+    market = deps.exchange.market(signal.symbol)
+    if market is None:
+        raise CannotPlace(f"{signal.symbol} is not a perpetual market at BingX")
+    if not market.active:
+        raise CannotPlace(f"{signal.symbol} is not trading at BingX right now")
+    if signal.order_type.value != "market":
+        raise CannotPlace("limit orders are not supported yet")
+    if signal.action.opens and not signal.reduce_only:
+        price = await deps.exchange.price(signal.symbol)
+        free = await deps.exchange.free_margin() if signal.percent is not None else Decimal(0)
+        raw = domain.open_amount(signal, price=price, free_margin=free, leverage=signal.leverage or DEFAULT_LEVERAGE)
+        amount = deps.exchange.amount_to_precision(signal.symbol, raw)
+        domain.check_minimums(amount, price, min_amount=market.min_amount, min_cost=market.min_cost, symbol=signal.symbol)
+        return domain.open_plan(signal, amount)
+    positions = {p.side: p.contracts for p in await deps.exchange.positions(signal.symbol)}
+    plan = domain.close_plan(domain.closing_action(signal.action), positions, signal.qty, signal.percent)
+    if isinstance(plan, OrderPlan):
+        amount = deps.exchange.amount_to_precision(signal.symbol, plan.amount)
+        if amount <= 0:
+            raise CannotPlace(f"the size to close rounds to zero at {signal.symbol}'s precision")
+        plan = OrderPlan(side=plan.side, amount=amount, reduce_only=True)
+    return plan
+
+
+async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
+    """One document per signal_id: the first delivery creates it, every later one finds it."""
+    now = utcnow()
+    document = {
+        "_id": signal.signal_id,
+        "status": RECEIVED,
+        "account": signal.account,
+        "symbol": signal.symbol,
+        "action": signal.action.value,
+        "token_name": signal.token_name,
+        "strategy": signal.strategy,
+        "signal": signal.model_dump(mode="python"),
+        "received_at": signal.received_at,
+        "claimed_at": now,
+        "updated_at": now,
+        "attempts": 0,
+    }
+    try:
+        await deps.db.signals.insert_one(document)
+        return document
+    except DuplicateKeyError:
+        existing = await deps.db.signals.find_one({"_id": signal.signal_id})
+        assert existing is not None
+        return existing
+
+
+async def _finish(deps: ExecutorDeps, signal: SignalReceivedV1, status: str, event: Message, **fields: object) -> None:
+    """Record the outcome with its event, then publish the event. The record comes first: it is the truth."""
+    document = await deps.db.signals.find_one_and_update(
+        {"_id": signal.signal_id, "status": {"$nin": list(TERMINAL)}},
+        {"$set": {"status": status, "updated_at": utcnow(), "outcome": {"type": event.TYPE, "body": encode(event).decode()},
+                  "outcome_published": False, **fields}},
+        return_document=ReturnDocument.AFTER,
+    )
+    deps.metrics.signals.labels(status).inc()
+    log.info("signal %s", status, extra={"status": status, **{k: v for k, v in fields.items() if isinstance(v, (str, int, float))}})
+    if document is not None:
+        await _publish_outcome(deps, document)
+
+
+async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error_type: str) -> None:
+    deps.metrics.orders.labels("failed").inc()
+    await _finish(deps, signal, FAILED, OrderFailedV1(
+        signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
+        reason=reason, error_type=error_type, failed_at=utcnow(),
+    ), reason=reason, error_type=error_type)
+
+
+async def _record_placed(deps: ExecutorDeps, signal: SignalReceivedV1, placed: PlacedOrder) -> None:
+    now = utcnow()
+    await deps.db.orders.update_one(
+        {"client_order_id": placed.client_order_id},
+        {"$setOnInsert": {
+            "client_order_id": placed.client_order_id,
+            "signal_id": signal.signal_id,
+            "order_id": placed.order_id,
+            "account": signal.account,
+            "symbol": placed.symbol,
+            "side": placed.side,
+            "type": "market",
+            "amount": placed.amount,
+            "reduce_only": placed.reduce_only,
+            "status": placed.status,
+            "filled": placed.filled,
+            "average": placed.average,
+            "placed_at": now,
+        }},
+        upsert=True,
+    )
+    deps.metrics.orders.labels(placed.status or "placed").inc()
+    deps.metrics.signal_to_order.observe(max((now - signal.received_at).total_seconds(), 0.0))
+    await _finish(deps, signal, PLACED, OrderPlacedV1(
+        signal_id=signal.signal_id, account=signal.account, symbol=placed.symbol, side=placed.side,  # type: ignore[arg-type]
+        amount=placed.amount, order_id=placed.order_id, client_order_id=placed.client_order_id, status=placed.status,
+        filled=placed.filled, average=placed.average, reduce_only=placed.reduce_only, placed_at=now,
+    ), order_id=placed.order_id)
+
+
+async def _publish_outcome(deps: ExecutorDeps, document: dict) -> None:
+    outcome = document.get("outcome")
+    if not outcome:
+        return
+    event = decode(outcome["type"], outcome["body"].encode())
+    # A fixed message id per signal and outcome lets the notifier drop a republished event.
+    await deps.publisher.publish(event, exchange=EVENTS_EXCHANGE, message_id=f"{document['_id']}:{outcome['type']}")
+    await deps.db.signals.update_one({"_id": document["_id"]}, {"$set": {"outcome_published": True}})

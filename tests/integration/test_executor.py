@@ -1,0 +1,250 @@
+"""The executor on real RabbitMQ and MongoDB, trading at the BingX simulator through ccxt's real code path."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import aio_pika
+import pytest
+
+from services.executor import domain
+from services.executor.bootstrap import build
+from services.executor.consumers import consuming
+from services.executor.settings import ExecutorSettings
+from shared import messaging
+from shared.contracts import (
+    KillSwitchChangedV1,
+    KillSwitchMode,
+    Message,
+    SignalReceivedV1,
+    decode,
+    utcnow,
+)
+from tests.bingx_sim_support import make_ccxt, running_sim
+from tests.support import wait_for
+
+KEY, SECRET = "sim-key", "sim-secret-0123456789"
+BTC = "BTC/USDT:USDT"
+
+
+@pytest.fixture
+async def venue():
+    async with running_sim(api_key=KEY, api_secret=SECRET, balance="10000", prices={"BTC-USDT": "60000", "ETH-USDT": "3000"}) as base_url:
+        ccxt_client = make_ccxt(base_url, KEY, SECRET, sandbox=False)
+        try:
+            yield base_url, ccxt_client
+        finally:
+            await ccxt_client.close()
+
+
+class Harness:
+    """Publishes signals and kill-switch states as the ingress and control would, and reads the events."""
+
+    def __init__(self, connection, publisher, db, base_url, ccxt_client) -> None:
+        self.connection, self.publisher, self.db = connection, publisher, db
+        self.base_url, self.ccxt = base_url, ccxt_client
+        self.version = 0
+        self.events: list[Message] = []
+
+    async def set_mode(self, mode: KillSwitchMode) -> None:
+        self.version += 1
+        state = KillSwitchChangedV1(version=self.version, mode=mode, actor="test", reason="test", changed_at=utcnow())
+        await self.publisher.publish(state, exchange="", routing_key=messaging.CONTROL_STREAM)
+
+    async def send(self, **fields) -> SignalReceivedV1:
+        signal = SignalReceivedV1(**{"signal_id": f"sig-{uuid.uuid4().hex[:10]}", "token_name": "main", "symbol": BTC,
+                                     "action": "buy", "received_at": utcnow(), **fields})
+        await self.publisher.publish(signal, exchange=messaging.SIGNALS_EXCHANGE, message_id=signal.signal_id)
+        return signal
+
+    async def signal_status(self, signal_id: str, *statuses: str) -> dict | None:
+        document = await self.db.signals.find_one({"_id": signal_id})
+        return document if document and document["status"] in statuses else None
+
+    async def settled(self, signal: SignalReceivedV1) -> dict:
+        terminal = ("placed", "failed", "skipped", "expired")
+        return await wait_for(lambda: self.signal_status(signal.signal_id, *terminal), what=f"{signal.signal_id} to settle")
+
+    async def venue_orders(self) -> list[dict]:
+        return await self.ccxt.fetch_closed_orders(BTC)
+
+    async def position(self) -> dict | None:
+        for position in await self.ccxt.fetch_positions([BTC]):
+            if position["contracts"]:
+                return position
+        return None
+
+
+@contextlib.asynccontextmanager
+async def harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, *, start_executor: bool = True):
+    base_url, ccxt_client = venue
+    connection = await messaging.connect(amqp_url, "test-harness")
+    try:
+        channel = await connection.channel()
+        await messaging.declare_topology(channel)
+        publisher = await messaging.Publisher.open(connection)
+        h = Harness(connection, publisher, mongo_db, base_url, ccxt_client)
+        events_channel = await connection.channel()
+        events_queue = await events_channel.declare_queue(exclusive=True)
+        await events_queue.bind(messaging.EVENTS_EXCHANGE, routing_key="#")
+
+        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            h.events.append(decode(message.type, message.body))
+            await message.ack()
+
+        await events_queue.consume(collect)
+        settings = ExecutorSettings(
+            amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, bingx_api_key=KEY, bingx_api_secret=SECRET,
+            bingx_base_url=base_url,
+        )
+        if not start_executor:
+            yield h, settings
+            return
+        async with build(settings) as executor, consuming(executor) as consumer:
+            h.executor, h.consumer = executor, consumer
+            yield h, settings
+    finally:
+        await connection.close()
+
+
+async def events_of(h: Harness, type_name: str, signal_id: str) -> list[Message]:
+    return [e for e in h.events if e.TYPE == type_name and getattr(e, "signal_id", None) == signal_id]
+
+
+async def test_a_signal_becomes_one_order_and_a_long_position(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(qty=Decimal("0.01"))
+        document = await h.settled(signal)
+        assert document["status"] == "placed", document
+        [order] = await mongo_db.orders.find({"signal_id": signal.signal_id}).to_list(None)
+        assert order["client_order_id"] == domain.client_order_id(signal.signal_id)
+        assert order["side"] == "buy" and order["amount"] == Decimal("0.01")
+        position = await h.position()
+        assert position["side"] == "long" and position["contracts"] == 0.01
+        [venue_order] = await h.venue_orders()
+        assert venue_order["id"] == order["order_id"] and venue_order["clientOrderId"] == order["client_order_id"]
+        placed = await wait_for(lambda: events_of(h, "OrderPlacedV1", signal.signal_id), what="OrderPlacedV1")
+        assert placed[0].order_id == order["order_id"]
+
+
+async def test_a_redelivered_signal_is_not_placed_twice(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(qty=Decimal("0.01"))
+        await h.publisher.publish(signal, exchange=messaging.SIGNALS_EXCHANGE, message_id=signal.signal_id)
+        marker = await h.send(qty=Decimal("0.02"))  # handled after both copies, in order
+        await h.settled(marker)
+        assert len(await h.venue_orders()) == 2
+        assert await mongo_db.orders.count_documents({"signal_id": signal.signal_id}) == 1
+        assert (await h.position())["contracts"] == pytest.approx(0.03)
+
+
+async def test_while_halted_signals_are_skipped_and_never_executed_later(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.HALTED)
+        skipped = await h.send(qty=Decimal("0.01"))
+        document = await h.settled(skipped)
+        assert document["status"] == "skipped" and document["mode"] == "halted"
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await wait_for(lambda: _mode_is(h, KillSwitchMode.RUNNING), what="running")
+        placed = await h.send(qty=Decimal("0.02"))
+        assert (await h.settled(placed))["status"] == "placed"
+        orders = await h.venue_orders()
+        assert [o["amount"] for o in orders] == [0.02]
+        assert (await h.signal_status(skipped.signal_id, "skipped")) is not None
+        assert await events_of(h, "SignalSkippedV1", skipped.signal_id)
+
+
+async def _mode_is(h: Harness, mode: KillSwitchMode) -> bool:
+    return h.executor.deps.view.mode is mode
+
+
+async def test_entries_off_lets_closes_through_and_refuses_opens(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await h.settled(await h.send(qty=Decimal("0.05")))
+        await h.set_mode(KillSwitchMode.ENTRIES_OFF)
+        await wait_for(lambda: _mode_is(h, KillSwitchMode.ENTRIES_OFF), what="entries_off")
+        refused = await h.send(qty=Decimal("0.01"))
+        assert (await h.settled(refused))["status"] == "skipped"
+        partial = await h.send(action="close_long", qty=Decimal("0.02"))
+        assert (await h.settled(partial))["status"] == "placed"
+        assert (await h.position())["contracts"] == pytest.approx(0.03)
+
+
+async def test_no_signal_is_consumed_before_the_kill_switch_state_is_known(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        waiting = await h.send(qty=Decimal("0.01"))
+        await wait_for(lambda: _exchange_ready(h), what="the executor to reach the venue")
+        assert not h.consumer.consuming
+        assert await mongo_db.signals.find_one({"_id": waiting.signal_id}) is None
+        await h.set_mode(KillSwitchMode.RUNNING)
+        assert (await h.settled(waiting))["status"] == "placed"
+
+
+async def _exchange_ready(h: Harness) -> bool:
+    return h.executor.exchange_ready.is_set()
+
+
+async def test_a_stale_signal_is_expired_not_executed(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        stale = await h.send(qty=Decimal("0.01"), alert_time=utcnow() - timedelta(seconds=90), max_lag_s=60)
+        document = await h.settled(stale)
+        assert document["status"] == "expired"
+        assert await h.venue_orders() == []
+        [expired] = await wait_for(lambda: events_of(h, "SignalExpiredV1", stale.signal_id), what="SignalExpiredV1")
+        assert expired.age_s >= 90
+
+
+async def test_after_a_crash_mid_order_the_venue_is_asked_before_sending_again(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, start_executor=False) as (h, settings):
+        signal = SignalReceivedV1(signal_id="crashed-1", token_name="main", symbol=BTC, action="buy", qty=Decimal("0.01"), received_at=utcnow())
+        client_id = domain.client_order_id(signal.signal_id)
+        # What a crash right after sending leaves behind: the order at the venue, `submitting` in Mongo.
+        await h.ccxt.create_order(BTC, "market", "buy", 0.01, None, {"clientOrderId": client_id})
+        await mongo_db.signals.insert_one({"_id": signal.signal_id, "status": "submitting", "client_order_id": client_id,
+                                           "signal": signal.model_dump(mode="python"), "received_at": signal.received_at, "attempts": 1})
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await h.publisher.publish(signal, exchange=messaging.SIGNALS_EXCHANGE, message_id=signal.signal_id)
+        async with build(settings) as executor, consuming(executor):
+            document = await h.settled(signal)
+        assert document["status"] == "placed"
+        assert len(await h.venue_orders()) == 1
+        assert (await h.position())["contracts"] == 0.01
+        assert await mongo_db.orders.count_documents({"signal_id": "crashed-1"}) == 1
+
+
+async def test_closing_never_opens_the_other_side(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        nothing = await h.send(action="close_long")
+        document = await h.settled(nothing)
+        assert document["status"] == "skipped" and document["reason"] == "no long position to close"
+        await h.settled(await h.send(qty=Decimal("0.01")))
+        close = await h.send(action="close", qty=Decimal("5"))
+        assert (await h.settled(close))["status"] == "placed"
+        assert await h.position() is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"qty": Decimal("100")}, "Insufficient margin"),
+        ({"qty": Decimal("0.00001")}, "rounds to zero"),
+        ({"symbol": "NOPE/USDT:USDT", "qty": Decimal("1")}, "not a perpetual market"),
+    ],
+)
+async def test_an_order_that_cannot_be_placed_fails_with_the_reason(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, fields, reason):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(**fields)
+        document = await h.settled(signal)
+        assert document["status"] == "failed" and reason in document["reason"], document
+        [failed] = await wait_for(lambda: events_of(h, "OrderFailedV1", signal.signal_id), what="OrderFailedV1")
+        assert reason in failed.reason
+        assert await h.position() is None
