@@ -1,0 +1,59 @@
+"""Builds the notifier's dependencies in start order and closes them in reverse."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractRobustConnection
+from prometheus_client import CollectorRegistry
+
+from services.notifier.handlers import NotifierDeps, NotifierMetrics
+from services.notifier.messenger import LogMessenger, Messenger
+from services.notifier.settings import NotifierSettings
+from shared import messaging, mongo
+
+
+@dataclass
+class Notifier:
+    settings: NotifierSettings
+    deps: NotifierDeps
+    connection: AbstractRobustConnection
+    registry: CollectorRegistry
+
+
+def default_messenger(settings: NotifierSettings) -> Messenger:
+    if not settings.telegram_enabled:
+        return LogMessenger()
+    from services.notifier.telegram import TelethonMessenger
+
+    assert settings.telegram_api_id is not None and settings.telegram_api_hash and settings.telegram_bot_token
+    return TelethonMessenger(
+        api_id=settings.telegram_api_id,
+        api_hash=settings.telegram_api_hash.get_secret_value(),
+        bot_token=settings.telegram_bot_token.get_secret_value(),
+        session_path=settings.telegram_session_path,
+    )
+
+
+@contextlib.asynccontextmanager
+async def build(settings: NotifierSettings, *, messenger: Messenger | None = None) -> AsyncIterator[Notifier]:
+    registry = CollectorRegistry()
+    async with contextlib.AsyncExitStack() as stack:
+        client = mongo.connect(settings.mongo_uri.get_secret_value(), app_name="notifier")
+        stack.push_async_callback(client.close)
+        db = mongo.database(client, settings.mongo_db)
+        await mongo.ensure_indexes(db, ("notifications",))
+
+        connection = await messaging.connect(settings.amqp_url.get_secret_value(), "tvtb-notifier")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await messaging.declare_topology(channel)
+
+        messenger = messenger or default_messenger(settings)
+        await messenger.start()
+        stack.push_async_callback(messenger.close)
+
+        deps = NotifierDeps(db=db, messenger=messenger, chat_ids=settings.telegram_chat_ids, metrics=NotifierMetrics(registry))
+        yield Notifier(settings=settings, deps=deps, connection=connection, registry=registry)

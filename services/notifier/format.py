@@ -1,0 +1,58 @@
+"""Trade events as short HTML messages for Telegram. Every dynamic value is escaped."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from html import escape
+
+from shared.contracts import (
+    KillSwitchChangedV1,
+    Message,
+    OrderFailedV1,
+    OrderPlacedV1,
+    SignalExpiredV1,
+    SignalSkippedV1,
+)
+
+
+def _ref(signal_id: str) -> str:
+    return escape(signal_id if len(signal_id) <= 16 else signal_id[:14] + "…")
+
+
+def _num(value: Decimal | None) -> str:
+    if value is None:
+        return "?"
+    text = format(value.normalize(), "f")
+    return escape(text)
+
+
+def render(event: Message) -> str | None:
+    """The message for an event, or None for events that are not told to the trader."""
+    if isinstance(event, OrderPlacedV1):
+        verb = "CLOSE" if event.reduce_only else event.side.upper()
+        price = f" @ {_num(event.average)}" if event.average is not None else ""
+        return (
+            f"✅ <b>{escape(verb)}</b> {_num(event.amount)} {escape(event.symbol)}{price}\n"
+            f"order {escape(event.order_id)} · {escape(event.status or 'sent')} · signal <code>{_ref(event.signal_id)}</code>"
+        )
+    if isinstance(event, OrderFailedV1):
+        return (
+            f"❌ <b>Order failed</b> {escape(event.action.value)} {escape(event.symbol)}\n"
+            f"{escape(event.reason)}\nsignal <code>{_ref(event.signal_id)}</code>"
+        )
+    if isinstance(event, SignalSkippedV1):
+        return (
+            f"⏸ <b>Signal skipped</b> {escape(event.action.value)} {escape(event.symbol)}\n"
+            f"{escape(event.reason)}\nsignal <code>{_ref(event.signal_id)}</code>"
+        )
+    if isinstance(event, SignalExpiredV1):
+        return (
+            f"⌛ <b>Signal expired</b> {escape(event.action.value)} {escape(event.symbol)}\n"
+            f"{event.age_s:.1f}s old, max lag {event.max_lag_s:.0f}s; parked for replay\nsignal <code>{_ref(event.signal_id)}</code>"
+        )
+    if isinstance(event, KillSwitchChangedV1):
+        return (
+            f"🛑 <b>Kill switch: {escape(event.mode.value)}</b> (v{event.version})\n"
+            f"by {escape(event.actor)}: {escape(event.reason)}"
+        )
+    return None

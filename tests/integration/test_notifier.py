@@ -1,0 +1,85 @@
+"""The notifier on real RabbitMQ and MongoDB: every event is told once per chat, and every outcome is recorded."""
+
+from __future__ import annotations
+
+import contextlib
+from decimal import Decimal
+
+from services.notifier.bootstrap import build
+from services.notifier.consumers import consuming
+from services.notifier.messenger import DeliveryFailed
+from services.notifier.settings import NotifierSettings
+from shared import messaging
+from shared.contracts import OrderFailedV1, OrderPlacedV1, utcnow
+from tests.support import wait_for
+
+
+class RecordingMessenger:
+    """A Messenger that records what it was asked to send and refuses the chats it is told are unknown."""
+
+    name = "recording"
+
+    def __init__(self, unknown_chats: tuple[int, ...] = ()) -> None:
+        self.sent: list[tuple[int, str]] = []
+        self.unknown_chats = unknown_chats
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, chat_id: int, html: str) -> None:
+        if chat_id in self.unknown_chats:
+            raise DeliveryFailed("PEER_ID_INVALID: the chat is unknown to the bot")
+        self.sent.append((chat_id, html))
+
+    async def close(self) -> None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111, 222)):
+    config = NotifierSettings(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, telegram_chat_ids=list(chat_ids))
+    connection = await messaging.connect(amqp_url, "test-events")
+    try:
+        publisher = await messaging.Publisher.open(connection)
+        async with build(config, messenger=messenger) as running, consuming(running):
+            yield publisher
+    finally:
+        await connection.close()
+
+
+def placed(signal_id: str) -> OrderPlacedV1:
+    return OrderPlacedV1(signal_id=signal_id, account="default", symbol="BTC/USDT:USDT", side="buy", amount=Decimal("0.0100"),
+                         order_id="1900000000000000007", client_order_id="tvtbabc", status="closed", average=Decimal("60000.0"),
+                         placed_at=utcnow())
+
+
+async def test_an_event_reaches_every_chat_once_even_when_redelivered(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    messenger = RecordingMessenger()
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger) as publisher:
+        event = placed("sig-1")
+        await publisher.publish(event, exchange=messaging.EVENTS_EXCHANGE, message_id="sig-1:OrderPlacedV1")
+        await publisher.publish(event, exchange=messaging.EVENTS_EXCHANGE, message_id="sig-1:OrderPlacedV1")
+        await publisher.publish(placed("sig-2"), exchange=messaging.EVENTS_EXCHANGE, message_id="sig-2:OrderPlacedV1")
+        await wait_for(lambda: mongo_db.notifications.count_documents({"signal_id": "sig-2"}), what="the marker notification")
+    assert [chat for chat, _ in messenger.sent] == [111, 222, 111, 222]
+    assert messenger.sent[0][1] == (
+        "✅ <b>BUY</b> 0.01 BTC/USDT:USDT @ 60000\norder 1900000000000000007 · closed · signal <code>sig-1</code>"
+    )
+    records = await mongo_db.notifications.find({"signal_id": "sig-1"}).to_list(None)
+    assert sorted((r["chat_id"], r["sent"]) for r in records) == [(111, True), (222, True)]
+
+
+async def test_an_unknown_chat_is_recorded_and_the_others_still_get_theirs(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    messenger = RecordingMessenger(unknown_chats=(111,))
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger) as publisher:
+        failed = OrderFailedV1(signal_id="sig-9", account="default", symbol="ETH/USDT:USDT", action="buy",
+                               reason="Insufficient margin <101204> & more", error_type="InsufficientFunds", failed_at=utcnow())
+        await publisher.publish(failed, exchange=messaging.EVENTS_EXCHANGE, message_id="sig-9:OrderFailedV1")
+        async def both_recorded() -> bool:
+            return await mongo_db.notifications.count_documents({"signal_id": "sig-9"}) == 2
+
+        await wait_for(both_recorded, what="both records")
+    assert [chat for chat, _ in messenger.sent] == [222]
+    assert "Insufficient margin &lt;101204&gt; &amp; more" in messenger.sent[0][1]  # escaped for Telegram's HTML
+    refused = await mongo_db.notifications.find_one({"signal_id": "sig-9", "chat_id": 111})
+    assert refused["sent"] is False and "PEER_ID_INVALID" in refused["error"]
