@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -103,7 +104,8 @@ async def put_settings(request: web.Request) -> web.Response:
     except PublishFailed as error:
         metrics.requests.labels("/bot/settings", "not_distributed").inc()
         # Saved in Mongo but not yet on the stream: say so; start-up or the next change republishes it.
-        return _error(503, f"the change was saved but could not be distributed to the services yet: {error}")
+        return _error(503, f"the change was saved but not yet distributed to the services ({error}); "
+                           "it is sent as soon as the broker takes it")
     metrics.show(state)
     metrics.requests.labels("/bot/settings", "changed").inc()
     return _json(state_body(state))
@@ -113,6 +115,19 @@ async def get_history(request: web.Request) -> web.Response:
     control = request.app[CONTROL_KEY]
     states = await handlers.history(control.deps)
     return _json({"history": [state_body(s) for s in states]})
+
+
+async def _keep_distributed(control: Control, metrics: ControlMetrics, interval_s: float = 1.0) -> None:
+    """A change saved while the broker was unreachable must still reach every service: retry until it does."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            state = await handlers.distribute_pending(control.deps)
+        except Exception as error:  # broker or database away: the next round tries again
+            log.warning("kill-switch state not distributed yet", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+            continue
+        if state is not None:
+            metrics.show(state)
 
 
 def create_app(control: Control, registry: CollectorRegistry | None = None) -> web.Application:
@@ -135,7 +150,10 @@ def create_app(control: Control, registry: CollectorRegistry | None = None) -> w
     async def distribute_state(app: web.Application):
         state = await handlers.bootstrap_state(control.deps, initial_mode(control.settings.initial_autotrade_effective))
         app[METRICS_KEY].show(state)
+        keeper = asyncio.create_task(_keep_distributed(control, app[METRICS_KEY]))
         yield
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
 
     app.cleanup_ctx.append(distribute_state)
     return app

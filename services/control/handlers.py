@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 class ControlDeps:
     db: AsyncDatabase
     publisher: Publisher
+    published_version: int = 0  # the highest version the broker has confirmed on the stream
 
 
 class ConcurrentChange(RuntimeError):
@@ -42,6 +43,17 @@ async def history(deps: ControlDeps, limit: int = 50) -> list[KillSwitchChangedV
 async def distribute(deps: ControlDeps, state: KillSwitchChangedV1) -> None:
     """Publish a state to the control stream; raises PublishFailed when the broker did not confirm it."""
     await deps.publisher.publish(state, exchange="", routing_key=CONTROL_STREAM, message_id=f"killswitch-v{state.version}")
+    deps.published_version = max(deps.published_version, state.version)
+
+
+async def distribute_pending(deps: ControlDeps) -> KillSwitchChangedV1 | None:
+    """Publish the latest state if the stream does not carry it yet (a change saved while the broker was away)."""
+    state = await current_state(deps)
+    if state is None or state.version <= deps.published_version:
+        return None
+    log.warning("distributing a kill-switch change that was saved but not yet published", extra={"version": state.version})
+    await distribute(deps, state)
+    return state
 
 
 async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str) -> KillSwitchChangedV1:

@@ -12,7 +12,7 @@ from services.control.app import create_app
 from services.control.bootstrap import build
 from services.control.settings import ControlSettings
 from shared import messaging
-from shared.contracts import KillSwitchMode
+from shared.contracts import KillSwitchMode, utcnow
 from shared.killswitch import KillSwitchView, stream_reader
 from tests.support import wait_for
 
@@ -132,3 +132,19 @@ async def test_readyz_reports_the_mode(amqp_url, mongo_uri, mongo_db_name, mongo
         metrics = await (await client.get("/metrics")).text()
     assert response.status == 200 and body["mode"] == "running"
     assert 'tvtb_killswitch_mode{mode="running"} 1.0' in metrics
+
+
+async def test_a_change_saved_while_the_broker_refused_it_is_distributed_later(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client, stream_view(amqp_url) as view:
+        await wait_for(lambda: _known(view), what="the initial state")
+        # What a PUT leaves when its publish fails: the next version saved in Mongo, not on the stream.
+        await mongo_db.control_history.insert_one(
+            {"version": 2, "mode": "halted", "actor": "api", "reason": "saved during an outage", "changed_at": utcnow()}
+        )
+
+        async def halted() -> bool:
+            return view.mode is KillSwitchMode.HALTED and view.state.version == 2
+
+        await wait_for(halted, what="the saved change to reach the stream")
+        body = await (await client.get("/readyz")).json()
+    assert body["mode"] == "halted"
