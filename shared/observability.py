@@ -96,6 +96,12 @@ def setup_tracing(service: str, otlp_endpoint: str | None) -> TracerProvider:
     return provider
 
 
+def setup_observability(service: str, settings) -> None:
+    """Logging then tracing, as every service's entry point does before anything connects."""
+    setup_logging(service, settings.log_level, secrets=settings.secret_values())
+    setup_tracing(service, settings.otel_exporter_otlp_endpoint)
+
+
 def inject_trace(headers: dict[str, Any]) -> dict[str, Any]:
     """Write the current trace context (W3C traceparent) into AMQP headers."""
     propagate.inject(headers)

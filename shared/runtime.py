@@ -8,6 +8,8 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from aiohttp import web
+
 log = logging.getLogger(__name__)
 
 
@@ -20,6 +22,17 @@ async def run_until_stopped(service: str) -> None:
     log.info("started", extra={"event": "started"})
     await stop.wait()
     log.info("stopping", extra={"event": "stopping"})
+
+
+async def serve(app: web.Application, host: str, port: int, service: str) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then stop taking requests; the caller closes what the app used."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        await run_until_stopped(service)
+    finally:
+        await runner.cleanup()
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from services.executor.exchange import BingxExchange, ExchangeUnavailable
 from services.executor.handlers import ExecutorDeps, ExecutorMetrics
 from services.executor.settings import ExecutorSettings
-from shared import messaging, mongo
+from shared import messaging
+from shared.bootstrap import open_infrastructure
 from shared.killswitch import KillSwitchView, stream_reader
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,8 @@ async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event) -> None
 async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = None) -> AsyncIterator[Executor]:
     registry = CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
-        client = mongo.connect(settings.mongo_uri.get_secret_value(), app_name="executor")
-        stack.push_async_callback(client.close)
-        db = mongo.database(client, settings.mongo_db)
-        await mongo.ensure_indexes(db, ("signals", "orders"))
-
-        connection = await messaging.connect(settings.amqp_url.get_secret_value(), "tvtb-executor")
-        stack.push_async_callback(connection.close)
-        channel = await connection.channel()
-        await messaging.declare_topology(channel)
+        infra = await open_infrastructure(stack, settings, "executor", ("signals", "orders"))
+        db, connection = infra.db, infra.connection
         publisher = await messaging.Publisher.open(connection)
 
         if exchange is None:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from services.notifier.handlers import NotifierDeps, NotifierMetrics
 from services.notifier.messenger import LogMessenger, Messenger
 from services.notifier.settings import NotifierSettings
-from shared import messaging, mongo
+from shared.bootstrap import open_infrastructure
 
 
 @dataclass
@@ -41,19 +41,11 @@ def default_messenger(settings: NotifierSettings) -> Messenger:
 async def build(settings: NotifierSettings, *, messenger: Messenger | None = None) -> AsyncIterator[Notifier]:
     registry = CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
-        client = mongo.connect(settings.mongo_uri.get_secret_value(), app_name="notifier")
-        stack.push_async_callback(client.close)
-        db = mongo.database(client, settings.mongo_db)
-        await mongo.ensure_indexes(db, ("notifications",))
-
-        connection = await messaging.connect(settings.amqp_url.get_secret_value(), "tvtb-notifier")
-        stack.push_async_callback(connection.close)
-        channel = await connection.channel()
-        await messaging.declare_topology(channel)
+        infra = await open_infrastructure(stack, settings, "notifier", ("notifications",))
 
         messenger = messenger or default_messenger(settings)
         await messenger.start()
         stack.push_async_callback(messenger.close)
 
-        deps = NotifierDeps(db=db, messenger=messenger, chat_ids=settings.telegram_chat_ids, metrics=NotifierMetrics(registry))
-        yield Notifier(settings=settings, deps=deps, connection=connection, registry=registry)
+        deps = NotifierDeps(db=infra.db, messenger=messenger, chat_ids=settings.telegram_chat_ids, metrics=NotifierMetrics(registry))
+        yield Notifier(settings=settings, deps=deps, connection=infra.connection, registry=registry)
