@@ -9,14 +9,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.contracts import KillSwitchChangedV1, KillSwitchMode, Message
 from shared.messaging import CONTROL_STREAM, Consumer
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[KillSwitchChangedV1], None]
+Listener = Callable[[KillSwitchChangedV1 | None], None]
 
 
 class KillSwitchView:
@@ -29,13 +29,29 @@ class KillSwitchView:
 
     @property
     def mode(self) -> KillSwitchMode | None:
-        return self.state.mode if self.state else None
+        """The mode in force, or None while it is not known (before the first read, or after losing the broker)."""
+        return self.state.mode if self.state is not None and self.known.is_set() else None
+
+    def forget(self) -> None:
+        """The link to the stream was lost: changes may have been missed, so trade nothing until it is read again.
+
+        The highest version is kept, so a stale version still cannot win when the stream is read again.
+        """
+        if self.known.is_set():
+            log.warning("kill switch state unknown until the control stream is read again")
+        self.known.clear()
+        for listener in self._listeners:
+            listener(None)
 
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def apply(self, change: KillSwitchChangedV1) -> bool:
         if self.state is not None and change.version <= self.state.version:
+            if change.version == self.state.version and not self.known.is_set():
+                self.known.set()  # re-read after a reconnect: the state we had is confirmed current
+                for listener in self._listeners:
+                    listener(self.state)
             return False
         previous, self.state = self.state, change
         self.known.set()
@@ -53,8 +69,14 @@ class KillSwitchView:
         return {"killswitch": {"known": True, "mode": self.state.mode.value, "version": self.state.version}}
 
 
-def stream_reader(channel: AbstractChannel, view: KillSwitchView) -> Consumer:
-    """A consumer of the control stream from offset `last`, so a late joiner learns the current state at once."""
+def stream_reader(channel: AbstractChannel, view: KillSwitchView, *, connection: AbstractRobustConnection | None = None) -> Consumer:
+    """A consumer of the control stream from offset `last`, so a late joiner learns the current state at once.
+
+    When the connection is lost the view forgets the mode; the robust connection re-consumes from `last`
+    after reconnecting, which confirms or updates it.
+    """
+    if connection is not None:
+        connection.close_callbacks.add(lambda *_: view.forget())
 
     async def handle(message: Message, raw: AbstractIncomingMessage) -> None:
         if isinstance(message, KillSwitchChangedV1):
@@ -66,5 +88,6 @@ def stream_reader(channel: AbstractChannel, view: KillSwitchView) -> Consumer:
         handler=handle,
         prefetch=100,
         name="killswitch",
+        stream=True,
         consume_arguments={"x-stream-offset": "last"},
     )

@@ -169,6 +169,8 @@ class Consumer:
     prefetch: int = 1
     name: str = "consumer"
     consume_arguments: dict | None = None
+    # A stream takes no nack or reject (the broker closes the whole connection): every message is acked.
+    stream: bool = False
     _queue: AbstractQueue | None = field(default=None, init=False)
     _tag: str | None = field(default=None, init=False)
     _inflight: set[asyncio.Task] = field(default_factory=set, init=False)
@@ -182,7 +184,9 @@ class Consumer:
         if self._tag is not None:
             return
         await self.channel.set_qos(prefetch_count=self.prefetch)
-        self._queue = await self.channel.get_queue(self.queue_name, ensure=False)
+        # declare_queue (passive) registers the queue with the robust channel, so its consumer is restored
+        # after a reconnect; get_queue(ensure=False) would leave the service silently deaf.
+        self._queue = await self.channel.declare_queue(self.queue_name, passive=True)
         self._tag = await self._queue.consume(self._on_message, arguments=self.consume_arguments)
         log.info("consuming", extra={"queue": self.queue_name, "consumer": self.name})
 
@@ -212,10 +216,14 @@ class Consumer:
             decoded = decode(message.type, message.body)
         except (ValidationError, UnknownMessageType, ValueError) as error:
             log.error(
-                "undecodable message dead-lettered",
+                "undecodable message %s",
+                "ignored" if self.stream else "dead-lettered",
                 extra={"queue": self.queue_name, "message_id": message.message_id, "error": str(error)[:500]},
             )
-            await message.reject(requeue=False)
+            await (message.ack() if self.stream else message.reject(requeue=False))
+            return
+        if self.stream:
+            await self._process_stream(message, decoded)
             return
         context = extract_trace(message.headers)
         with tracer.start_as_current_span(
@@ -244,6 +252,14 @@ class Consumer:
                 return
             self._failures = 0
             await message.ack()
+
+
+    async def _process_stream(self, message: AbstractIncomingMessage, decoded: Message) -> None:
+        try:
+            await self.handler(decoded, message)
+        except Exception:  # the next message of the stream still counts: log, never reject
+            log.exception("stream message could not be handled", extra={"queue": self.queue_name})
+        await message.ack()
 
 
 async def _safe_nack(message: AbstractIncomingMessage) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,17 @@ def create_vhost() -> tuple[str, str]:
 
 def delete_vhost(vhost: str) -> None:
     _management("DELETE", f"/vhosts/{vhost}")
+
+
+def close_connections(vhost: str, name_prefix: str = "") -> int:
+    """Force-close the broker connections of a vhost (as a broker restart or a network cut would)."""
+    closed = 0
+    for connection in json.loads(_management("GET", f"/vhosts/{vhost}/connections")):
+        name = (connection.get("client_properties") or {}).get("connection_name", "")
+        if name.startswith(name_prefix):
+            _management("DELETE", f"/connections/{urllib.parse.quote(connection['name'], safe='')}")
+            closed += 1
+    return closed
 
 
 def queue_info(vhost: str, queue: str) -> dict:

@@ -66,7 +66,7 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
         view = KillSwitchView()
         metrics = ExecutorMetrics(registry)
         metrics.show_mode(None)
-        view.on_change(lambda state: metrics.show_mode(state.mode))
+        view.on_change(lambda state: metrics.show_mode(state.mode if state else None))
         deps = ExecutorDeps(db=db, publisher=publisher, exchange=exchange, view=view, metrics=metrics)
         executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
 
@@ -79,7 +79,7 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
         stack.push_async_callback(stop_starting)
 
         control_channel = await connection.channel()
-        reader = stream_reader(control_channel, view)
+        reader = stream_reader(control_channel, view, connection=connection)
         await reader.start()
         stack.push_async_callback(reader.stop)
         yield executor

@@ -39,6 +39,7 @@ from shared.contracts import (
     encode,
     utcnow,
 )
+from shared.errors import TemporaryError
 from shared.killswitch import KillSwitchView
 from shared.messaging import EVENTS_EXCHANGE, Publisher
 from shared.observability import LATENCY_BUCKETS
@@ -49,6 +50,10 @@ RECEIVED, SUBMITTING = "received", "submitting"
 PLACED, FAILED, SKIPPED, EXPIRED = "placed", "failed", "skipped", "expired"
 TERMINAL = frozenset({PLACED, FAILED, SKIPPED, EXPIRED})
 DEFAULT_LEVERAGE = 1
+
+
+class KillSwitchUnknown(TemporaryError):
+    pass
 
 
 class ExecutorMetrics:
@@ -96,6 +101,9 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
             await _record_placed(deps, signal, found)
             return
 
+    if deps.view.mode is None:
+        # The link to the control stream was lost: wait (the message goes back) rather than guess or skip.
+        raise KillSwitchUnknown("the kill-switch state is not known at the moment")
     now = utcnow()
     refusal = domain.kill_switch_refusal(deps.view.mode, signal.action, signal.reduce_only)
     if refusal is not None:
