@@ -37,6 +37,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("event_id", ASCENDING), ("chat_id", ASCENDING)], unique=True),
         IndexModel([("signal_id", ASCENDING)]),
     ],
+    "signal_conflicts": [IndexModel([("signal_id", ASCENDING)])],
     "control_history": [IndexModel([("version", DESCENDING)], unique=True)],
     "ingress_rejections": [IndexModel([("at", DESCENDING)])],
 }

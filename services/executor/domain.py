@@ -49,9 +49,14 @@ def kill_switch_refusal(mode: KillSwitchMode | None, action: Action, reduce_only
 
 
 def age_seconds(signal: SignalReceivedV1, now: datetime) -> float:
-    """Age from the alert's own time when it carries one, else from its arrival at the ingress."""
-    reference = signal.alert_time or signal.received_at
-    return (now - reference).total_seconds()
+    """Age from the alert's own time or from its arrival at the ingress, whichever is older.
+
+    A clock ahead of ours (or a local time sent as UTC) must not make a queued signal look fresh.
+    """
+    arrived = (now - signal.received_at).total_seconds()
+    if signal.alert_time is None:
+        return arrived
+    return max(arrived, (now - signal.alert_time).total_seconds())
 
 
 def is_stale(signal: SignalReceivedV1, now: datetime) -> bool:

@@ -9,6 +9,7 @@ client order id before anything is sent again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 RECEIVED, SUBMITTING = "received", "submitting"
 PLACED, FAILED, SKIPPED, EXPIRED = "placed", "failed", "skipped", "expired"
-TERMINAL = frozenset({PLACED, FAILED, SKIPPED, EXPIRED})
+UNKNOWN = "unknown"  # an order may or may not be at the venue: an operator must look
+TERMINAL = frozenset({PLACED, FAILED, SKIPPED, EXPIRED, UNKNOWN})
 DEFAULT_LEVERAGE = 1
 
 
@@ -85,17 +87,36 @@ class ExecutorDeps:
 
 async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
     document = await _claim(deps, signal)
+    if document.get("fingerprint") not in (None, _fingerprint(signal)):
+        await _report_conflict(deps, signal, document)
+        return
     status = document["status"]
     if status in TERMINAL:
         log.info("signal already handled; not executed again", extra={"status": status})
         if not document.get("outcome_published"):
             await _publish_outcome(deps, document)
         return
+    try:
+        await _execute(signal, document, deps)
+    except OrderRejected as error:
+        # Refused for good (a revoked key, a bad request) wherever it happened: recorded and reported, never dropped.
+        deps.metrics.failures.labels(error.error_type).inc()
+        await _fail(deps, signal, error.reason, error.error_type)
 
+
+async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps) -> None:
+    status = document["status"]
     client_id = domain.client_order_id(signal.signal_id)
     if status == SUBMITTING:
         # A previous attempt may have reached the venue: ask before doing anything else.
-        found = await deps.exchange.find_order(signal.symbol, document.get("client_order_id") or client_id)
+        try:
+            found = await deps.exchange.find_order(signal.symbol, document.get("client_order_id") or client_id)
+        except ExchangeUnavailable:
+            if not domain.is_stale(signal, utcnow()):
+                raise
+            await _fail(deps, signal, f"the venue could not be asked whether order {client_id} was placed; "
+                        "check BingX before trading this symbol again", "OutcomeUnknown", status=UNKNOWN)
+            return
         if found is not None:
             log.warning("order found at the venue after an interrupted attempt", extra={"order_id": found.order_id})
             await _record_placed(deps, signal, found)
@@ -153,10 +174,6 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         placed = await deps.exchange.find_order(signal.symbol, client_id)
         if placed is None:
             raise  # redelivered later; the `submitting` status sends it through the lookup first
-    except OrderRejected as error:
-        deps.metrics.failures.labels(error.error_type).inc()
-        await _fail(deps, signal, error.reason, error.error_type)
-        return
     await _record_placed(deps, signal, placed)
 
 
@@ -201,6 +218,7 @@ async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
         "claimed_at": now,
         "updated_at": now,
         "attempts": 0,
+        "fingerprint": _fingerprint(signal),
     }
     try:
         await deps.db.signals.insert_one(document)
@@ -209,6 +227,27 @@ async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
         existing = await deps.db.signals.find_one({"_id": signal.signal_id})
         assert existing is not None
         return existing
+
+
+def _fingerprint(signal: SignalReceivedV1) -> str:
+    """What the alert asked for; a resend of the same alert has the same fingerprint whenever it arrives."""
+    return hashlib.sha256(signal.model_dump_json(exclude={"received_at"}).encode()).hexdigest()[:32]
+
+
+async def _report_conflict(deps: ExecutorDeps, signal: SignalReceivedV1, document: dict) -> None:
+    """A different alert reused an id: it is not a resend, so it is not silently dropped as one."""
+    fingerprint = _fingerprint(signal)
+    reason = (f"the id {signal.signal_id!r} was already used by a different alert, so this one was not executed; "
+              "give every alert its own id (or none)")
+    log.error("signal id reused by a different alert", extra={"fingerprint": fingerprint})
+    await deps.db.signal_conflicts.update_one(
+        {"_id": f"{signal.signal_id}:{fingerprint}"},
+        {"$setOnInsert": {"signal_id": signal.signal_id, "signal": signal.model_dump(mode="python"), "at": utcnow()}},
+        upsert=True,
+    )
+    event = OrderFailedV1(signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
+                          reason=reason, error_type="DuplicateSignalId", failed_at=utcnow())
+    await deps.publisher.publish(event, exchange=EVENTS_EXCHANGE, message_id=f"{signal.signal_id}:conflict:{fingerprint}")
 
 
 async def _finish(deps: ExecutorDeps, signal: SignalReceivedV1, status: str, event: Message, **fields: object) -> None:
@@ -225,9 +264,9 @@ async def _finish(deps: ExecutorDeps, signal: SignalReceivedV1, status: str, eve
         await _publish_outcome(deps, document)
 
 
-async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error_type: str) -> None:
-    deps.metrics.orders.labels("failed").inc()
-    await _finish(deps, signal, FAILED, OrderFailedV1(
+async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error_type: str, status: str = FAILED) -> None:
+    deps.metrics.orders.labels(status).inc()
+    await _finish(deps, signal, status, OrderFailedV1(
         signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
         reason=reason, error_type=error_type, failed_at=utcnow(),
     ), reason=reason, error_type=error_type)

@@ -105,7 +105,8 @@ async def test_with_autotrade_off_alerts_are_skipped_also_across_an_executor_res
     stack.start("executor")
     ready = await stack.ready("executor")
     assert ready["killswitch"]["mode"] == "halted"
-    await wait_for(lambda: mongo_db.signals.find_one({"_id": "off-2", "status": "skipped"}), timeout=15, what="off-2 skipped")
+    restarted = await wait_for(lambda: mongo_db.signals.find_one({"_id": "off-2", "status": "skipped"}), timeout=15, what="off-2 skipped")
+    assert restarted["mode"] == "halted"  # skipped because it knew the halt, not for want of knowing
 
     state = await put_settings(stack, autotrade=True, reason="e2e: drill over")
     assert state["mode"] == "running" and state["version"] == 3

@@ -248,3 +248,19 @@ async def test_an_order_that_cannot_be_placed_fails_with_the_reason(amqp_url, mo
         [failed] = await wait_for(lambda: events_of(h, "OrderFailedV1", signal.signal_id), what="OrderFailedV1")
         assert reason in failed.reason
         assert await h.position() is None
+
+
+async def test_an_id_reused_by_a_different_alert_is_reported_not_silently_dropped(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        first = await h.send(signal_id="Long", qty=Decimal("0.01"))
+        await h.settled(first)
+        await h.send(signal_id="Long", qty=Decimal("0.02"))  # e.g. {{strategy.order.id}} repeating
+
+        async def conflict() -> list:
+            return [e for e in await events_of(h, "OrderFailedV1", "Long") if e.error_type == "DuplicateSignalId"]
+
+        [reported] = await wait_for(conflict, what="the conflict to be reported")
+        assert "already used by a different alert" in reported.reason
+        assert await mongo_db.signal_conflicts.count_documents({"signal_id": "Long"}) == 1
+        assert [o["amount"] for o in await h.venue_orders()] == [0.01]

@@ -37,6 +37,9 @@ def test_the_kill_switch_decides(mode, action, reduce_only, refused):
 def test_age_counts_from_the_alert_time_when_given():
     assert domain.age_seconds(make(), NOW + timedelta(seconds=5)) == 5
     assert domain.age_seconds(make(alert_time=NOW - timedelta(seconds=70)), NOW) == 70
+    # An alert time in the future does not make a signal that waited in the queue look fresh.
+    queued = make(received_at=NOW - timedelta(seconds=90), alert_time=NOW + timedelta(hours=2))
+    assert domain.age_seconds(queued, NOW) == 90 and domain.is_stale(queued, NOW)
     assert domain.is_stale(make(alert_time=NOW - timedelta(seconds=61)), NOW)
     assert not domain.is_stale(make(alert_time=NOW - timedelta(seconds=61), max_lag_s=120), NOW)
 
