@@ -12,6 +12,7 @@ from services.control.handlers import ControlDeps
 from services.control.settings import ControlSettings
 from shared import messaging
 from shared.bootstrap import open_infrastructure
+from shared.killswitch import stream_reader
 
 
 @dataclass
@@ -26,4 +27,8 @@ async def build(settings: ControlSettings) -> AsyncIterator[Control]:
     async with contextlib.AsyncExitStack() as stack:
         infra = await open_infrastructure(stack, settings, "control", ("control_history",))
         publisher = await messaging.Publisher.open(infra.connection)
-        yield Control(settings=settings, deps=ControlDeps(db=infra.db, publisher=publisher), connection=infra.connection)
+        deps = ControlDeps(db=infra.db, publisher=publisher)
+        reader = stream_reader(await infra.connection.channel(), deps.view, connection=infra.connection)
+        await reader.start()
+        stack.push_async_callback(reader.stop)
+        yield Control(settings=settings, deps=deps, connection=infra.connection)

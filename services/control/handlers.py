@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.contracts import KillSwitchChangedV1, KillSwitchMode, utcnow
+from shared.killswitch import KillSwitchView
 from shared.messaging import CONTROL_STREAM, Publisher
 
 log = logging.getLogger(__name__)
@@ -19,7 +21,10 @@ log = logging.getLogger(__name__)
 class ControlDeps:
     db: AsyncDatabase
     publisher: Publisher
+    view: KillSwitchView = field(default_factory=KillSwitchView)  # what the stream itself carries
     published_version: int = 0  # the highest version the broker has confirmed on the stream
+
+STREAM_READ_TIMEOUT_S = 2.0
 
 
 class ConcurrentChange(RuntimeError):
@@ -62,8 +67,10 @@ async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, re
     Mongo first: if the broker then fails, the change is not lost; start-up republishes the latest version.
     """
     previous = await current_state(deps)
+    # Readers ignore any version at or below the highest they have seen: never number below the stream's.
+    seen = deps.view.state.version if deps.view.state else 0
     state = KillSwitchChangedV1(
-        version=(previous.version if previous else 0) + 1, mode=mode, actor=actor, reason=reason, changed_at=utcnow()
+        version=max(previous.version if previous else 0, seen) + 1, mode=mode, actor=actor, reason=reason, changed_at=utcnow()
     )
     try:
         await deps.db.control_history.insert_one(state.model_dump(mode="python"))
@@ -79,8 +86,24 @@ async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, re
 
 
 async def bootstrap_state(deps: ControlDeps, initial: KillSwitchMode) -> KillSwitchChangedV1:
-    """Make sure the stream carries the current state: the initial one on a fresh install, else the latest."""
+    """Make sure the stream carries the current state: the initial one on a fresh install, else the latest.
+
+    When the stream carries a newer version than the database (a database restored from an old backup, a
+    renamed MONGO_DB), that version is the last decision anyone made: it is adopted into the history.
+    """
+    try:
+        await asyncio.wait_for(deps.view.known.wait(), STREAM_READ_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        pass  # an empty stream: nothing was ever published
     state = await current_state(deps)
+    streamed = deps.view.state
+    if streamed is not None and (state is None or streamed.version > state.version):
+        log.warning("adopting a newer kill-switch state found on the stream", extra={"version": streamed.version, "mode": streamed.mode.value})
+        try:
+            await deps.db.control_history.insert_one(streamed.model_dump(mode="python"))
+        except DuplicateKeyError:
+            pass
+        state = await current_state(deps)
     if state is None:
         try:
             state = await change_mode(

@@ -12,7 +12,7 @@ from services.control.app import create_app
 from services.control.bootstrap import build
 from services.control.settings import ControlSettings
 from shared import messaging
-from shared.contracts import KillSwitchMode, utcnow
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, utcnow
 from shared.killswitch import KillSwitchView, stream_reader
 from tests.support import wait_for
 
@@ -148,3 +148,22 @@ async def test_a_change_saved_while_the_broker_refused_it_is_distributed_later(a
         await wait_for(halted, what="the saved change to reach the stream")
         body = await (await client.get("/readyz")).json()
     assert body["mode"] == "halted"
+
+
+async def test_a_newer_state_on_the_stream_than_in_the_database_is_adopted_not_undercut(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    # The database was restored from an old backup (here: empty) while the stream still says v5 halted.
+    connection = await messaging.connect(amqp_url, "test-writer")
+    try:
+        await messaging.declare_topology(await connection.channel())
+        publisher = await messaging.Publisher.open(connection)
+        await publisher.publish(
+            KillSwitchChangedV1(version=5, mode=KillSwitchMode.HALTED, actor="telegram:42", reason="before the restore", changed_at=utcnow()),
+            exchange="", routing_key=messaging.CONTROL_STREAM,
+        )
+    finally:
+        await connection.close()
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client:
+        body = await (await client.get("/bot/settings", headers=AUTH)).json()
+        assert (body["version"], body["mode"], body["set_by"]) == (5, "halted", "telegram:42")  # not a fresh install
+        changed = await (await client.put("/bot/settings", json={"autotrade": True}, headers=AUTH)).json()
+    assert changed["version"] == 6  # above what every reader has seen, so it takes effect
