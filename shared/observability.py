@@ -39,7 +39,7 @@ def bound_signal(signal_id: str | None) -> Iterator[None]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, service, logger, message, trace_id, span_id, signal_id, extras.
 
-    `secrets` are replaced in the finished line as a last line of defence: code never logs them on purpose.
+    `secrets` are replaced in every value as a last line of defence: code never logs them on purpose.
     """
 
     def __init__(self, service: str, secrets: Iterable[str] = ()) -> None:
@@ -67,10 +67,20 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        line = orjson.dumps(entry, default=str).decode()
+        # Redact the values before encoding: JSON escaping would hide a secret that holds a quote or a backslash.
+        line = orjson.dumps({k: self._redact(v) for k, v in entry.items()}, default=str).decode()
+        return self._redact(line)
+
+    def _redact(self, value: Any) -> Any:
+        if not self.secrets:
+            return value
+        if not isinstance(value, str):
+            if isinstance(value, (int, float, bool)) or value is None:
+                return value
+            value = str(value)
         for secret in self.secrets:
-            line = line.replace(secret, "[redacted]")
-        return line
+            value = value.replace(secret, "[redacted]")
+        return value
 
 
 def setup_logging(service: str, level: str = "INFO", secrets: Iterable[str] = ()) -> None:

@@ -87,6 +87,10 @@ def close_connections(vhost: str, name_prefix: str = "") -> int:
     return closed
 
 
+def set_policy(vhost: str, name: str, pattern: str, definition: dict) -> None:
+    _management("PUT", f"/policies/{vhost}/{name}", {"pattern": pattern, "definition": definition, "apply-to": "queues"})
+
+
 def queue_info(vhost: str, queue: str) -> dict:
     return json.loads(_management("GET", f"/queues/{vhost}/{queue}"))
 

@@ -12,7 +12,7 @@ from pymongo.errors import DuplicateKeyError
 
 from shared.contracts import KillSwitchChangedV1, KillSwitchMode, utcnow
 from shared.killswitch import KillSwitchView
-from shared.messaging import CONTROL_STREAM, Publisher
+from shared.messaging import CONTROL_STREAM, EVENTS_EXCHANGE, Publisher, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,18 @@ async def history(deps: ControlDeps, limit: int = 50) -> list[KillSwitchChangedV
 
 
 async def distribute(deps: ControlDeps, state: KillSwitchChangedV1) -> None:
-    """Publish a state to the control stream; raises PublishFailed when the broker did not confirm it."""
-    await deps.publisher.publish(state, exchange="", routing_key=CONTROL_STREAM, message_id=f"killswitch-v{state.version}")
+    """Publish a state to the control stream, then as an event for the notifier (tvtb.events).
+
+    Raises PublishFailed when the broker did not confirm the stream copy. The event carries the same message
+    id for every republication of a version, so the notifier tells each change once.
+    """
+    message_id = f"killswitch-v{state.version}"
+    await deps.publisher.publish(state, exchange="", routing_key=CONTROL_STREAM, message_id=message_id)
     deps.published_version = max(deps.published_version, state.version)
+    try:
+        await deps.publisher.publish(state, exchange=EVENTS_EXCHANGE, message_id=message_id)
+    except PublishFailed as error:  # the services have the state; only the Telegram notice is late
+        log.warning("kill-switch change not announced to the notifier", extra={"version": state.version, "error": str(error)})
 
 
 async def distribute_pending(deps: ControlDeps) -> KillSwitchChangedV1 | None:

@@ -25,6 +25,9 @@ async def stack(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path):
         await running.stop_all()
         leaked = [s for s in SECRETS if s in running.all_logs()]
         assert not leaked, "a secret reached a log line"
+        for name in await mongo_db.list_collection_names():
+            stored = str(await mongo_db[name].find({}).to_list(None))
+            assert not [s for s in SECRETS if s in stored], f"a secret reached the {name} collection"
 
 
 @pytest.fixture
@@ -121,6 +124,13 @@ async def test_with_autotrade_off_alerts_are_skipped_also_across_an_executor_res
     assert (await long_position(venue))["contracts"] == 0.02
     history = [d["mode"] for d in await mongo_db.control_history.find({}).sort("version", 1).to_list(None)]
     assert history == ["running", "halted", "running"]
+
+    async def changes_told() -> list[str]:
+        told = await mongo_db.notifications.find({"type": "KillSwitchChangedV1", "sent": True}).to_list(None)
+        return sorted(n["event_id"] for n in told) if len(told) == 3 else []
+
+    # Each change is told once, though the control service republishes the current one at every start.
+    assert await wait_for(changes_told, timeout=15, what="the kill-switch notices") == ["killswitch-v1", "killswitch-v2", "killswitch-v3"]
 
 
 async def _mode_is(stack: Stack, mode: str) -> bool:

@@ -14,7 +14,7 @@ from services.ingress.bootstrap import build
 from services.ingress.settings import IngressSettings
 from shared.contracts import SignalReceivedV1
 from shared.messaging import EXECUTOR_SIGNALS
-from tests.support import drain
+from tests.support import drain, set_policy, wait_for
 
 SECRET = "tv-secret-0123456789abcdef"
 OTHER_SECRET = "rotated-secret-abcdef0123456789"
@@ -135,3 +135,19 @@ async def test_health_readiness_and_metrics(amqp_url, mongo_uri, mongo_db_name, 
         metrics = await (await client.get("/metrics")).text()
     assert 'tvtb_webhook_requests_total{result="accepted"} 1.0' in metrics
     assert "tvtb_webhook_latency_seconds_bucket" in metrics
+
+
+async def test_503_when_the_broker_does_not_confirm_so_tradingview_resends(broker_vhost, mongo_uri, mongo_db_name, mongo_db):
+    vhost, amqp_url = broker_vhost
+    async with ingress_client(amqp_url, mongo_uri, mongo_db_name) as client:
+        # A full queue that refuses new messages: the broker nacks the publish instead of confirming it.
+        set_policy(vhost, "full", "^executor\\.signals$", {"max-length": 0, "overflow": "reject-publish"})
+
+        async def refused() -> tuple[int, dict] | None:
+            response = await client.post("/webhook/tradingview", data=orjson.dumps(
+                {"token": SECRET, "id": "nacked", "symbol": "BTCUSDT.P", "action": "buy", "qty": 1}))
+            return (response.status, await response.json()) if response.status != 200 else None
+
+        status, body = await wait_for(refused, what="the policy to take effect")
+    assert status == 503
+    assert body == {"status": "unavailable", "reason": "the signal could not be stored; please resend"}

@@ -137,7 +137,7 @@ async def test_an_unroutable_publish_is_an_error_not_a_silent_loss(amqp_url):
 def test_log_lines_are_json_with_trace_and_signal_ids_and_no_secret():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter("ingress", secrets=["hunter2-secret"]))
+    handler.setFormatter(JsonFormatter("ingress", secrets=["hunter2-secret", 'quo"te\\secret']))
     log = logging.getLogger("test.json")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -145,10 +145,11 @@ def test_log_lines_are_json_with_trace_and_signal_ids_and_no_secret():
         from shared.observability import bound_signal
 
         with trace.get_tracer("test").start_as_current_span("x") as span, bound_signal("sig-7"):
-            log.info("token was hunter2-secret", extra={"symbol": "BTC/USDT:USDT"})
+            log.info("token was hunter2-secret", extra={"symbol": "BTC/USDT:USDT", "other": 'x quo"te\\secret y'})
         line = orjson.loads(stream.getvalue())
     finally:
         log.removeHandler(handler)
     assert line["service"] == "ingress" and line["signal_id"] == "sig-7" and line["symbol"] == "BTC/USDT:USDT"
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x") and len(line["span_id"]) == 16
     assert line["msg"] == "token was [redacted]"
+    assert line["other"] == "x [redacted] y"  # a secret that JSON would escape is still found
