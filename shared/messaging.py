@@ -79,7 +79,7 @@ CONTROL_STREAM_ARGUMENTS = {"x-queue-type": "stream", "x-max-length-bytes": 100_
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
     """A robust connection, named so the broker's management UI shows which service holds it."""
-    return await aio_pika.connect_robust(url, client_properties={"connection_name": name}, timeout=10)
+    return await aio_pika.connect_robust(url, client_properties={"connection_name": name}, timeout=10, reconnect_interval=1)
 
 
 async def declare_topology(channel: AbstractChannel) -> None:

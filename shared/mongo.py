@@ -39,7 +39,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "signal_conflicts": [IndexModel([("signal_id", ASCENDING)])],
     "control_history": [IndexModel([("version", DESCENDING)], unique=True)],
-    "ingress_rejections": [IndexModel([("at", DESCENDING)])],
+    "webhook_requests": [
+        IndexModel([("at", DESCENDING)]),
+        IndexModel([("result", ASCENDING), ("at", DESCENDING)]),
+        IndexModel([("signal_id", ASCENDING)]),
+    ],
+    "outbox": [IndexModel([("seq", ASCENDING)])],
 }
 
 

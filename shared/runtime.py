@@ -13,6 +13,16 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library turned into its own error (PyMongo does, waiting on a dead server).
+
+    A background loop that catches Exception to retry would otherwise never stop, and shutdown would hang.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def run_until_stopped(service: str) -> None:
     """Return when the process is asked to stop; the caller then closes in reverse start order."""
     stop = asyncio.Event()

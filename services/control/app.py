@@ -18,6 +18,7 @@ from services.control.domain import InvalidChange, initial_mode, requested_mode
 from shared import mongo
 from shared.contracts import KillSwitchChangedV1, KillSwitchMode
 from shared.messaging import PublishFailed
+from shared.runtime import raise_if_cancelling
 from shared.observability import tracing_middleware, Readiness, add_health_routes
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ async def _keep_distributed(control: Control, metrics: ControlMetrics, interval_
         try:
             state = await handlers.distribute_pending(control.deps)
         except Exception as error:  # broker or database away: the next round tries again
+            raise_if_cancelling()
             log.warning("kill-switch state not distributed yet", extra={"error": f"{type(error).__name__}: {error}"[:300]})
             continue
         if state is not None:

@@ -1,121 +1,181 @@
-"""The ingress's HTTP door: POST /webhook/tradingview, plus health and metrics."""
+"""The ingress's HTTP door: POST /webhook/tradingview (token in the body or the path), plus health and metrics.
+
+Answer fast, lose nothing: 200 only once the broker confirmed the signal or, while the broker is unreachable, once
+it is in the Mongo outbox; 503 when neither worked, so TradingView resends.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.ingress.bootstrap import Ingress
-from services.ingress.domain import InvalidAlert, build_signal, match_token
+from services.ingress.domain import InvalidAlert, OutOfScope, build_signal, check_scope, fingerprint, match_token
+from services.ingress.formats import UnreadableBody, parse_body
+from services.ingress.guards import client_address, source_allowed
 from shared import mongo
-from shared.contracts import utcnow
+from shared.contracts import SignalReceivedV1, utcnow
 from shared.messaging import SIGNALS_EXCHANGE, PublishFailed
-from shared.observability import tracing_middleware, LATENCY_BUCKETS, Readiness, add_health_routes, bound_signal
+from shared.observability import LATENCY_BUCKETS, Readiness, add_health_routes, bound_signal, tracing_middleware
 
 log = logging.getLogger(__name__)
 
 INGRESS_KEY = web.AppKey("ingress", Ingress)
 METRICS_KEY = web.AppKey("ingress_metrics", object)
 MAX_BODY_BYTES = 64 * 1024
-RECORD_TIMEOUT_S = 0.5
 
 
 class IngressMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, ingress: Ingress) -> None:
         self.requests = Counter("tvtb_webhook_requests_total", "Webhook requests by result", ["result"], registry=registry)
         self.latency = Histogram(
             "tvtb_webhook_latency_seconds", "Time to answer a webhook, by result", ["result"], buckets=LATENCY_BUCKETS, registry=registry
         )
+        self.outboxed = Counter("tvtb_webhook_outbox_total", "Signals made durable in the outbox while the broker was away", registry=registry)
+        outbox_pending = Gauge("tvtb_webhook_outbox_pending", "1 while signals wait in the outbox", registry=registry)
+        outbox_pending.set_function(lambda: 1.0 if ingress.outbox.pending else 0.0)
 
 
-def _answer(status: int, body: dict) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+@dataclass
+class Exchange:
+    """One request's facts, gathered as it is read, for its answer, its record and its metrics."""
+
+    request: web.Request
+    started: float = field(default_factory=time.perf_counter)
+    peer: str | None = None
+    token_name: str | None = None
+    signal_id: str | None = None
+    fingerprint: str | None = None
+    format: str | None = None
+    body_bytes: int = 0
+
+    def answer(self, status: int, result: str, body: dict, *, reason: str | None = None, durable: str | None = None) -> web.Response:
+        ingress: Ingress = self.request.app[INGRESS_KEY]
+        metrics: IngressMetrics = self.request.app[METRICS_KEY]
+        record = {
+            "at": utcnow(), "result": result, "status": status, "reason": reason, "peer": self.peer,
+            "token_name": self.token_name, "signal_id": self.signal_id, "fingerprint": self.fingerprint,
+            "format": self.format, "body_bytes": self.body_bytes, "durable": durable,
+        }
+        # Never the body or the path: either may carry a token.
+        ingress.recorder.record(record)
+        level = logging.INFO if status < 400 else logging.WARNING
+        log.log(level, "webhook %s", result, extra={k: v for k, v in record.items() if k != "at" and v is not None})
+        metrics.requests.labels(result).inc()
+        metrics.latency.labels(result).observe(time.perf_counter() - self.started)
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+    def refuse(self, status: int, result: str, reason: str) -> web.Response:
+        return self.answer(status, result, {"status": "rejected", "reason": reason}, reason=reason)
 
 
-async def _record_rejection(ingress: Ingress, request: web.Request, status: int, reason: str, token_name: str | None, size: int) -> None:
-    """Leave a record of a refused request: who, why, how big. Never the body: it may carry a secret."""
-    document = {
-        "at": utcnow(),
-        "status": status,
-        "reason": reason,
-        "peer": request.remote,
-        "path": request.path,
-        "token_name": token_name,
-        "body_bytes": size,
-        "content_type": request.content_type,
-    }
+class Unavailable(Exception):
+    pass
+
+
+async def make_durable(ingress: Ingress, signal: SignalReceivedV1) -> str:
+    """Publish with a confirm, or keep in the outbox; say which. Raises Unavailable when neither worked."""
+    if not ingress.outbox.pending:
+        try:
+            await ingress.publisher.publish(signal, exchange=SIGNALS_EXCHANGE, message_id=signal.signal_id)
+            return "published"
+        except PublishFailed as error:
+            log.warning("broker did not confirm; keeping the signal in the outbox", extra={"error": str(error)})
     try:
-        await asyncio.wait_for(ingress.db.ingress_rejections.insert_one(document), RECORD_TIMEOUT_S)
-    except Exception as error:  # the answer stands; the log line below is the record of last resort
-        log.warning("could not store the rejection record", extra={"error": type(error).__name__})
-    log.warning("webhook refused", extra={k: v for k, v in document.items() if k != "at"})
+        await ingress.outbox.put(signal)
+    except Exception as error:
+        log.error("signal not accepted: neither the broker nor the outbox took it",
+                  extra={"error": f"{type(error).__name__}: {error}"[:300]}, exc_info=not isinstance(error, (OSError, asyncio.TimeoutError)))
+        raise Unavailable from error
+    return "outbox"
 
 
 async def webhook(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    ingress = request.app[INGRESS_KEY]
-    metrics: IngressMetrics = request.app[METRICS_KEY]
+    ingress: Ingress = request.app[INGRESS_KEY]
+    settings = ingress.settings
+    exchange = Exchange(request)
+    exchange.peer = client_address(request.remote, request.headers.get("X-Forwarded-For"), settings.webhook_trusted_proxies)
 
-    async def refuse(status: int, result: str, reason: str, token_name: str | None = None, size: int = 0) -> web.Response:
-        await _record_rejection(ingress, request, status, reason, token_name, size)
-        metrics.requests.labels(result).inc()
-        metrics.latency.labels(result).observe(time.perf_counter() - started)
-        return _answer(status, {"status": "rejected", "reason": reason})
-
+    if not source_allowed(exchange.peer, settings.webhook_allowed_sources):
+        return exchange.refuse(403, "forbidden", "this source address may not send alerts")
+    if not ingress.ip_limiter.allow(exchange.peer or "unknown"):
+        return exchange.refuse(429, "rate_limited", "too many requests from this address")
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), settings.body_timeout_s)
     except web.HTTPRequestEntityTooLarge:
-        return await refuse(413, "too_large", f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
-    # By content, not by header: TradingView sends JSON as text/plain when the alert text has a typo elsewhere.
+        return exchange.refuse(413, "too_large", f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
+    except asyncio.TimeoutError:
+        return exchange.refuse(408, "timeout", "the body did not arrive in time")
+    exchange.body_bytes = len(raw)
     try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        return await refuse(400, "invalid", f"the body is not valid JSON ({error.msg} at character {error.pos})", size=len(raw))
-    if not isinstance(payload, dict):
-        return await refuse(400, "invalid", "the body must be a JSON object", size=len(raw))
+        parsed = parse_body(raw)
+    except UnreadableBody as error:
+        return exchange.refuse(400, "invalid", str(error))
+    exchange.format = parsed.format
 
-    presented = payload.get("token")
-    token = match_token(presented if isinstance(presented, str) else None, ingress.settings.webhook_tokens)
+    presented = request.match_info.get("token") or parsed.token
+    token = match_token(presented, settings.webhook_tokens)
     if token is None:
-        reason = "missing token" if not presented else "unknown token"
-        return await refuse(401, "unauthorized", reason, size=len(raw))
+        return exchange.refuse(401, "unauthorized", "unknown token" if presented else "missing token")
+    exchange.token_name = token.name
+    if not ingress.token_limiter.allow(token.name):
+        return exchange.refuse(429, "rate_limited", f"too many requests for token '{token.name}'")
 
     try:
-        signal = build_signal(payload, token_name=token.name, raw_body=raw, received_at=utcnow())
+        signal = build_signal(parsed.payload, token_name=token.name, raw_body=raw, received_at=utcnow())
+        check_scope(signal, settings.webhook_token_symbols, settings.webhook_token_strategies)
     except InvalidAlert as error:
-        return await refuse(400, "invalid", str(error), token_name=token.name, size=len(raw))
+        return exchange.refuse(400, "invalid", str(error))
+    except OutOfScope as error:
+        return exchange.refuse(403, "forbidden", str(error))
+    exchange.signal_id = signal.signal_id
+    exchange.fingerprint = fingerprint(token.name, raw)
 
     with bound_signal(signal.signal_id):
+        # An identical delivery still in flight: wait for its outcome rather than publish twice.
+        while (pending := ingress.inflight.get(signal.signal_id)) is not None:
+            await asyncio.shield(pending)
+        known = ingress.recent.get(signal.signal_id)
+        if known == exchange.fingerprint:
+            return exchange.answer(200, "duplicate", {"status": "duplicate", "signal_id": signal.signal_id})
+        if known is not None:
+            return exchange.refuse(409, "conflict", f"the id '{signal.signal_id}' was already used by a different alert")
+
+        done = asyncio.get_running_loop().create_future()
+        ingress.inflight[signal.signal_id] = done
         try:
-            await ingress.publisher.publish(signal, exchange=SIGNALS_EXCHANGE, message_id=signal.signal_id)
-        except PublishFailed as error:
-            # Nothing was made durable: 503 makes TradingView resend, and the resend dedupes by signal_id.
-            log.error("signal not accepted: the broker did not confirm it", extra={"error": str(error)})
-            metrics.requests.labels("unavailable").inc()
-            metrics.latency.labels("unavailable").observe(time.perf_counter() - started)
-            return _answer(503, {"status": "unavailable", "reason": "the signal could not be stored; please resend"})
-        log.info("signal accepted", extra={"token_name": token.name, "symbol": signal.symbol, "action": signal.action.value})
-    metrics.requests.labels("accepted").inc()
-    metrics.latency.labels("accepted").observe(time.perf_counter() - started)
-    return _answer(200, {"status": "accepted", "signal_id": signal.signal_id})
+            durable = await make_durable(ingress, signal)
+        except Unavailable:
+            return exchange.answer(503, "unavailable", {"status": "unavailable", "reason": "the signal could not be stored; please resend"})
+        finally:
+            del ingress.inflight[signal.signal_id]
+            done.set_result(None)
+        ingress.recent.put(signal.signal_id, exchange.fingerprint)
+        if durable == "outbox":
+            request.app[METRICS_KEY].outboxed.inc()
+        return exchange.answer(200, "accepted", {"status": "accepted", "signal_id": signal.signal_id}, durable=durable)
 
 
 def create_app(ingress: Ingress, registry: CollectorRegistry | None = None) -> web.Application:
     registry = registry or CollectorRegistry()
     app = web.Application(middlewares=[tracing_middleware], client_max_size=MAX_BODY_BYTES)
     app[INGRESS_KEY] = ingress
-    app[METRICS_KEY] = IngressMetrics(registry)
+    app[METRICS_KEY] = IngressMetrics(registry, ingress)
     app.router.add_post("/webhook/tradingview", webhook)
+    app.router.add_post("/webhook/tradingview/{token}", webhook)
 
     async def readiness() -> Readiness:
         broker = not ingress.connection.is_closed
         database = await mongo.ping(ingress.db)
-        return Readiness(ready=broker and database, detail={"broker": broker, "mongo": database})
+        detail = {"broker": broker, "mongo": database, "outbox_pending": ingress.outbox.pending}
+        # Either one is enough to accept alerts durably.
+        return Readiness(ready=broker or database, detail=detail)
 
     add_health_routes(app, registry, readiness)
     return app

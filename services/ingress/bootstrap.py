@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustConnection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.ingress.guards import RateLimiter
 from services.ingress.settings import IngressSettings
+from services.ingress.store import Outbox, RecentSignals, Recorder
 from shared import messaging
 from shared.bootstrap import open_infrastructure
 
@@ -20,11 +23,36 @@ class Ingress:
     db: AsyncDatabase
     connection: AbstractRobustConnection
     publisher: messaging.Publisher
+    recent: RecentSignals
+    recorder: Recorder
+    outbox: Outbox
+    token_limiter: RateLimiter
+    ip_limiter: RateLimiter
+    inflight: dict[str, asyncio.Future] = field(default_factory=dict)
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
 async def build(settings: IngressSettings) -> AsyncIterator[Ingress]:
     async with contextlib.AsyncExitStack() as stack:
-        infra = await open_infrastructure(stack, settings, "ingress", ("ingress_rejections",))
+        infra = await open_infrastructure(stack, settings, "ingress", ("webhook_requests", "outbox"))
         publisher = await messaging.Publisher.open(infra.connection, timeout=settings.publish_timeout_s)
-        yield Ingress(settings=settings, db=infra.db, connection=infra.connection, publisher=publisher)
+        recent = RecentSignals()
+        await recent.load(infra.db.webhook_requests)
+        recorder = Recorder(infra.db.webhook_requests)
+        outbox = Outbox(infra.db.outbox, publisher, timeout_s=settings.publish_timeout_s)
+        await outbox.load()
+        ingress = Ingress(
+            settings=settings, db=infra.db, connection=infra.connection, publisher=publisher, recent=recent,
+            recorder=recorder, outbox=outbox,
+            token_limiter=RateLimiter(settings.webhook_rate_limit_per_token),
+            ip_limiter=RateLimiter(settings.webhook_rate_limit_per_ip),
+        )
+        stack.push_async_callback(recorder.flush)  # runs after the writer stops: the last records are written
+        stack.push_async_callback(_stop, asyncio.create_task(recorder.run()))
+        stack.push_async_callback(_stop, asyncio.create_task(outbox.run()))
+        yield ingress

@@ -24,6 +24,14 @@ _ACCOUNT_CHARS = re.compile(r"^[\w-]{1,32}$")
 _ID_CHARS = re.compile(r"^[\w.:\-]{1,128}$")
 
 
+# What other bridges call the same actions (WunderTrading's codes, 3Commas' enter/exit).
+ACTION_ALIASES = {
+    "enter-long": "long", "enter_long": "long", "exit-long": "close_long", "exit_long": "close_long",
+    "enter-short": "short", "enter_short": "short", "exit-short": "close_short", "exit_short": "close_short",
+    "exit-all": "close", "exit_all": "close", "close_all": "close",
+}
+
+
 class InvalidAlert(ValueError):
     """The alert cannot become a signal; the message says why, for a person to read."""
 
@@ -66,12 +74,29 @@ def normalize_symbol(raw: str) -> str:
     return f"{base}/{SUPPORTED_QUOTE}:{SUPPORTED_QUOTE}"
 
 
+class OutOfScope(ValueError):
+    """The token is valid but not for this symbol or strategy."""
+
+
+def check_scope(signal: SignalReceivedV1, symbols: dict[str, tuple[str, ...]], strategies: dict[str, tuple[str, ...]]) -> None:
+    allowed_symbols = symbols.get(signal.token_name)
+    if allowed_symbols is not None and signal.symbol not in allowed_symbols:
+        raise OutOfScope(f"token '{signal.token_name}' may not trade {signal.symbol}")
+    allowed_strategies = strategies.get(signal.token_name)
+    if allowed_strategies is not None and signal.strategy not in allowed_strategies:
+        raise OutOfScope(f"token '{signal.token_name}' may not send strategy {signal.strategy or '(none)'}")
+
+
+def fingerprint(token_name: str, raw_body: bytes) -> str:
+    """Identical deliveries of one alert have the same fingerprint; a different alert reusing an id does not."""
+    return hashlib.sha256(token_name.encode() + b"\n" + raw_body).hexdigest()[:32]
+
+
 def signal_id_for(token_name: str, raw_body: bytes, payload_id: str | None) -> str:
     """The payload's id when given; else a hash of the token name and the raw body (a resend is byte-identical)."""
     if payload_id is not None:
         return payload_id
-    digest = hashlib.sha256(token_name.encode() + b"\n" + raw_body).hexdigest()
-    return f"h-{digest[:40]}"
+    return f"h-{fingerprint(token_name, raw_body)}"
 
 
 def _check_placeholders(payload: dict[str, Any], prefix: str = "") -> None:
@@ -151,7 +176,8 @@ def build_signal(
     if raw_action is None:
         raise InvalidAlert("'action' is missing (buy, sell, long, short, close_long, close_short, close, flat)")
     try:
-        action = Action(raw_action.lower())
+        lowered = raw_action.lower()
+        action = Action(ACTION_ALIASES.get(lowered, lowered))
     except ValueError:
         raise InvalidAlert(f"unknown action {raw_action[:32]!r} (buy, sell, long, short, close_long, close_short, close, flat)") from None
     if action is Action.REVERSE:

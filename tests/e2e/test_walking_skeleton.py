@@ -84,7 +84,8 @@ async def test_an_alert_becomes_one_order_a_long_position_and_a_notification(sta
     status, body = await post_alert(stack, token="not-" + WEBHOOK_SECRET, symbol="BTCUSDT.P", action="buy", qty="0.01")
     assert (status, body) == (401, {"status": "rejected", "reason": "unknown token"})
     # A resend of the accepted alert is not a second order.
-    assert (await post_alert(stack, token=WEBHOOK_SECRET, id="e2e-1", symbol="BTCUSDT.P", action="buy", qty="0.01"))[0] == 200
+    resend = await post_alert(stack, token=WEBHOOK_SECRET, id="e2e-1", symbol="BINANCE:BTCUSDT.P", action="buy", qty="0.01")
+    assert resend == (200, {"status": "duplicate", "signal_id": "e2e-1"})
     status, body = await post_alert(stack, token=WEBHOOK_SECRET, id="e2e-2", symbol="ETHUSDT.P", action="sell", qty="0.1")
     await wait_for(lambda: mongo_db.signals.find_one({"_id": "e2e-2", "status": "placed"}), timeout=15, what="the marker signal")
     assert await mongo_db.signals.count_documents({}) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import aio_pika
 import orjson
@@ -14,16 +15,16 @@ from services.ingress.bootstrap import build
 from services.ingress.settings import IngressSettings
 from shared.contracts import SignalReceivedV1
 from shared.messaging import EXECUTOR_SIGNALS
-from tests.support import drain, set_policy, wait_for
+from tests.support import MongoServer, drain, set_policy, wait_for
 
 SECRET = "tv-secret-0123456789abcdef"
 OTHER_SECRET = "rotated-secret-abcdef0123456789"
 
 
 @contextlib.asynccontextmanager
-async def ingress_client(amqp_url: str, mongo_uri: str, db: str):
+async def ingress_client(amqp_url: str, mongo_uri: str, db: str, **extra):
     config = IngressSettings(
-        amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=db, webhook_tokens=f"main:{SECRET},rotated:{OTHER_SECRET}"
+        amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=db, webhook_tokens=f"main:{SECRET},rotated:{OTHER_SECRET}", **extra
     )
     async with build(config) as ingress:
         async with TestClient(TestServer(create_app(ingress))) as client:
@@ -65,7 +66,7 @@ async def test_the_rotated_token_works_and_the_signal_id_defaults_to_a_hash_of_t
         first = await (await client.post("/webhook/tradingview", data=raw)).json()
         again = await (await client.post("/webhook/tradingview", data=raw)).json()
     assert first["status"] == "accepted" and first["signal_id"].startswith("h-")
-    assert again["signal_id"] == first["signal_id"]  # a TradingView resend names the same signal
+    assert again == {"status": "duplicate", "signal_id": first["signal_id"]}  # a TradingView resend names the same signal
     assert {s.token_name for s in await queued_signals(amqp_url)} == {"rotated"}
 
 
@@ -86,7 +87,7 @@ async def test_a_wrong_or_missing_token_is_refused_and_changes_nothing(amqp_url,
     if isinstance(body.get("token"), str):
         assert body["token"] not in text
     assert await queued_signals(amqp_url) == []
-    [record] = await mongo_db.ingress_rejections.find({}).to_list(None)
+    [record] = await records(mongo_db, 1)
     assert record["status"] == 401 and record["reason"] == reason and record["token_name"] is None
     assert SECRET not in str(record) and SECRET[:10] not in str(record)
 
@@ -95,6 +96,8 @@ async def test_a_wrong_or_missing_token_is_refused_and_changes_nothing(amqp_url,
     ("raw", "reason"),
     [
         (b"{not json", "the body is not valid JSON"),
+        (b"just some words", "the body is neither JSON nor KEY=VALUE text"),
+        (b"SYMBOL=BTCUSDT.P\nnonsense", "part 2 of the text is not KEY=VALUE"),
         (b"[1, 2]", "the body must be a JSON object"),
         (orjson.dumps({"token": SECRET, "symbol": "BTCUSDT.P", "action": "moon", "qty": 1}), "unknown action 'moon'"),
         (orjson.dumps({"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": "{{strategy.order.contracts}}"}),
@@ -113,9 +116,19 @@ async def test_an_invalid_body_gets_400_with_a_reason_and_a_record(amqp_url, mon
     assert response.status == 400
     assert body["status"] == "rejected" and reason in body["reason"], body
     assert await queued_signals(amqp_url) == []
-    [record] = await mongo_db.ingress_rejections.find({}).to_list(None)
+    [record] = await records(mongo_db, 1)
     assert record["status"] == 400 and reason in record["reason"]
     assert SECRET not in str(record)
+
+
+async def records(db, count: int) -> list[dict]:
+    """The request records, once `count` of them are written (they are written in batches, after the answer)."""
+
+    async def written() -> list[dict] | None:
+        found = await db.webhook_requests.find({}, sort=[("at", 1)]).to_list(None)
+        return found if len(found) >= count else None
+
+    return await wait_for(written, what=f"{count} request records")
 
 
 async def test_an_oversized_body_gets_413(amqp_url, mongo_uri, mongo_db_name, mongo_db):
@@ -123,7 +136,8 @@ async def test_an_oversized_body_gets_413(amqp_url, mongo_uri, mongo_db_name, mo
         response = await client.post("/webhook/tradingview", data=b"x" * (64 * 1024 + 1))
         body = await response.json()
     assert response.status == 413 and "64 KiB" in body["reason"]
-    assert await mongo_db.ingress_rejections.count_documents({"status": 413}) == 1
+    [record] = await records(mongo_db, 1)
+    assert record["status"] == 413 and record["result"] == "too_large"
 
 
 async def test_health_readiness_and_metrics(amqp_url, mongo_uri, mongo_db_name, mongo_db):
@@ -137,17 +151,33 @@ async def test_health_readiness_and_metrics(amqp_url, mongo_uri, mongo_db_name, 
     assert "tvtb_webhook_latency_seconds_bucket" in metrics
 
 
-async def test_503_when_the_broker_does_not_confirm_so_tradingview_resends(broker_vhost, mongo_uri, mongo_db_name, mongo_db):
+async def test_a_nacked_signal_waits_in_the_outbox_and_503_only_when_the_database_fails_too(broker_vhost, mongo_db_name):
     vhost, amqp_url = broker_vhost
-    async with ingress_client(amqp_url, mongo_uri, mongo_db_name) as client:
-        # A full queue that refuses new messages: the broker nacks the publish instead of confirming it.
-        set_policy(vhost, "full", "^executor\\.signals$", {"max-length": 0, "overflow": "reject-publish"})
+    private = MongoServer()  # a database of this test's own, to take away
+    private.start()
+    try:
+        async with ingress_client(amqp_url, private.uri, mongo_db_name) as client:
+            # A full queue that refuses new messages: the broker nacks the publish instead of confirming it.
+            set_policy(vhost, "full", "^executor\\.signals$", {"max-length": 0, "overflow": "reject-publish"})
 
-        async def refused() -> tuple[int, dict] | None:
-            response = await client.post("/webhook/tradingview", data=orjson.dumps(
-                {"token": SECRET, "id": "nacked", "symbol": "BTCUSDT.P", "action": "buy", "qty": 1}))
-            return (response.status, await response.json()) if response.status != 200 else None
+            async def outboxed() -> dict | None:
+                response = await client.post("/webhook/tradingview", data=alert(f"o-{time.monotonic_ns()}"))
+                body = await response.json()
+                metrics = await (await client.get("/metrics")).text()
+                return body if "tvtb_webhook_outbox_total 1.0" in metrics else None
 
-        status, body = await wait_for(refused, what="the policy to take effect")
-    assert status == 503
-    assert body == {"status": "unavailable", "reason": "the signal could not be stored; please resend"}
+            body = await wait_for(outboxed, what="the policy to take effect")
+            assert body["status"] == "accepted"
+            outboxed_id = body["signal_id"]
+
+            private.stop()
+            response = await client.post("/webhook/tradingview", data=alert("both-down"))
+            assert response.status == 503
+            assert await response.json() == {"status": "unavailable", "reason": "the signal could not be stored; please resend"}
+    finally:
+        private.stop()
+    assert outboxed_id.startswith("o-")
+
+
+def alert(signal_id: str, **fields) -> bytes:
+    return orjson.dumps({"token": SECRET, "id": signal_id, "symbol": "BTCUSDT.P", "action": "buy", "qty": 1, **fields})

@@ -46,7 +46,9 @@ async def test_consumers_and_the_kill_switch_survive_a_dropped_connection(broker
         await publisher.publish(signal, exchange=SIGNALS_EXCHANGE)
         await wait_for(lambda: _ready(view.mode is KillSwitchMode.HALTED), timeout=20, what="the halt after reconnecting")
         await wait_for(lambda: _ready(handled == ["after"]), timeout=20, what="the signal after reconnecting")
-        assert modes == [KillSwitchMode.RUNNING, None, KillSwitchMode.HALTED]
+        # Forgotten on the drop; on reconnect confirmed (v1, if the reconnect beat the halt) and then halted.
+        assert modes[:2] == [KillSwitchMode.RUNNING, None] and modes[-1] is KillSwitchMode.HALTED
+        assert modes[2:-1] in ([], [KillSwitchMode.RUNNING])
     finally:
         await service.close()
         await producer.close()

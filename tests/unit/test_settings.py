@@ -34,6 +34,10 @@ def run_service(name: str, env: dict[str, str]) -> subprocess.CompletedProcess:
          "AMQP_URL: must start with amqp:// or amqps://"),
         ("notifier", {**BASE, "TELEGRAM_BOT_TOKEN": "123:s3cr3t"}, "TELEGRAM_API_ID, TELEGRAM_API_HASH missing"),
         ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "TRADING_MODE": "yolo"}, "TRADING_MODE: Input should be 'paper', 'demo' or 'live'"),
+        ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "WEBHOOK_TOKEN_SYMBOLS": "b=BTCUSDT.P"},
+         "WEBHOOK_TOKEN_SYMBOLS names tokens that WEBHOOK_TOKENS does not have: b"),
+        ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "WEBHOOK_ALLOWED_SOURCES": "tradingview,example.com"},
+         "WEBHOOK_ALLOWED_SOURCES: 'example.com' is not an IP address"),
     ],
 )
 def test_a_bad_setting_stops_the_service_with_one_clear_line(service, env, expected):
