@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from pathlib import Path
 
 import ccxt.async_support as ccxt
 from aiohttp import web
@@ -13,6 +14,7 @@ from pydantic import SecretStr
 
 from services.bingx_sim.app import build_app
 from services.bingx_sim.settings import BingxSimSettings
+from services.bingx_sim.store import AccountStore
 
 # Every section ccxt's bingx.sign() may build a URL from (reference §1); all must point at the simulator.
 CCXT_API_SECTIONS = ("fund", "spot", "swap", "contract", "wallets", "user", "subAccount", "account",
@@ -27,6 +29,11 @@ async def running_sim(
     prices: Mapping[str, str] | None = None,
     *,
     clock: Callable[[], float] = time.time,
+    accounts_file: Path | None = None,
+    rate_limit: bool = False,
+    store: AccountStore | None = None,
+    mongo_uri: str | None = None,
+    mongo_db: str = "tvtb",
 ) -> AsyncIterator[str]:
     """Serve a fresh simulator on 127.0.0.1 (a port the OS picks) and yield its base URL, `http://127.0.0.1:PORT`."""
     settings = BingxSimSettings(
@@ -37,8 +44,13 @@ async def running_sim(
         bingx_sim_port=8090,
         bind_host="127.0.0.1",
         log_level="INFO",
+        bingx_sim_accounts_file=accounts_file,
+        bingx_sim_rate_limit=rate_limit,
+        # Explicit, so a MONGO_URI in the test environment never makes a test's simulator persist.
+        mongo_uri=SecretStr(mongo_uri) if mongo_uri else None,
+        mongo_db=mongo_db,
     )
-    runner = web.AppRunner(build_app(settings, clock=clock), access_log=None)
+    runner = web.AppRunner(build_app(settings, clock=clock, store=store), access_log=None)
     await runner.setup()
     try:
         # Port 0 lets the OS pick a free port at bind time, so two runs can never race for one.

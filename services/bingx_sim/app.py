@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -16,7 +17,10 @@ from services.bingx_sim import signing
 from services.bingx_sim.engine import (
     MAKER_FEE, TAKER_FEE, BingxError, Engine, Fill, Market, Order, OrderRequest, PositionView, bad_parameter,
 )
+from services.bingx_sim.faults import RATE_LIMIT_CODE, RATE_LIMIT_MSG, Fault, FaultBook, RateLimiter
 from services.bingx_sim.settings import BingxSimSettings
+from services.bingx_sim.store import AccountStore, MongoAccountStore
+from shared import mongo
 
 log = logging.getLogger("bingx_sim")
 
@@ -27,14 +31,69 @@ USER_ID = "1000001"
 
 
 @dataclass
-class Sim:
+class SimAccount:
+    api_key: str
+    api_secret: str
     engine: Engine
+
+
+@dataclass
+class Sim:
+    engine: Engine  # the BINGX_API_KEY account
     api_key: str
     api_secret: str
     clock: Callable[[], float]
+    accounts: dict[str, SimAccount] = field(default_factory=dict)  # every account by API key, the first included
+    faults: FaultBook = field(default_factory=FaultBook)
+    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+    store: AccountStore | None = None
+    _save_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.accounts.setdefault(self.api_key, SimAccount(self.api_key, self.api_secret, self.engine))
+
+    async def save(self, accounts: Iterable[SimAccount]) -> None:
+        """Write accounts to the store, if there is one. A failed write is logged: the simulator keeps serving."""
+        if self.store is None:
+            return
+        for account in accounts:
+            # The snapshot is taken under the lock, so a slow earlier write can never land after a newer one.
+            async with self._save_locks.setdefault(account.api_key, asyncio.Lock()):
+                try:
+                    await self.store.save(account.api_key, account.engine.to_document())
+                except Exception:
+                    log.exception("could not save account %s...", account.api_key[:4])
+
+    async def load(self) -> None:
+        """Restore every account the store holds; an account it does not hold starts fresh."""
+        if self.store is None:
+            return
+        for account in self.accounts.values():
+            document = await self.store.load(account.api_key)
+            if document is None:
+                continue
+            try:
+                account.engine.restore(document)
+            except (ValueError, KeyError, TypeError) as error:
+                log.warning("saved account %s... not restored (%s): starting fresh", account.api_key[:4], error)
+                continue
+            log.info("restored account %s...: balance %s USDT, %d positions, %d open orders",
+                     account.api_key[:4], _s(account.engine.account().balance), len(account.engine.positions()),
+                     len(account.engine.open_orders()))
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def authenticate(self, raw_query: str, api_key_sent: str | None, now: int) -> SimAccount:
+        account = self.accounts.get(api_key_sent or "")
+        if account is None:
+            raise BingxError(100413, "Incorrect apiKey, please check your valid api key")
+        signing.verify(raw_query, api_key_sent, account.api_key, account.api_secret, now)
+        return account
+
+    def account(self, api_key: str | None) -> SimAccount:
+        """The account an admin request names (the first one when it names none); KeyError if unknown."""
+        return self.accounts[api_key or self.api_key]
 
 
 SIM = web.AppKey("sim", Sim)
@@ -160,7 +219,8 @@ def fill_view(fill: Fill) -> dict[str, Any]:
     return {
         "filledTm": f"{filled}Z", "volume": _s(fill.qty), "price": _p(fill.price), "amount": _s(fill.quote),
         "commission": _s(fill.commission), "currency": "USDT", "orderId": str(fill.order_id),
-        "liquidatedPrice": "", "liquidatedMarginRatio": "", "filledTime": f"{filled}.000+0000",
+        "liquidatedPrice": _p(fill.price) if fill.liquidation else "", "liquidatedMarginRatio": "",
+        "filledTime": f"{filled}.000+0000",
         "clientOrderId": fill.client_order_id, "symbol": fill.symbol, "side": fill.side,
         "positionSide": fill.position_side, "type": fill.type, "onlyOnePosition": fill.position_side == "BOTH",
     }
@@ -419,16 +479,49 @@ def _envelope(now: int, data: Any = NO_DATA, code: int = 0, msg: str = "") -> we
     return web.json_response(body)
 
 
+async def _injected(request: web.Request, faults: list[Fault], now: int) -> web.StreamResponse | None:
+    """What the injected faults answer instead of the simulator, or None to answer normally (maybe late)."""
+    delay = sum(f.latency_ms for f in faults if f.kind == "latency")
+    if delay:
+        await asyncio.sleep(delay / 1000)  # a slow venue: the client's own timeout decides what happens
+    for fault in faults:
+        log.info("%s %s: injected fault %s (%s)", request.method, request.path, fault.id, fault.kind)
+        if fault.kind == "drop":
+            # Close without a byte of answer, as a proxy or a crashed server would.
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
+        if fault.kind == "http":
+            return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type)
+        if fault.kind == "error":
+            return _envelope(now, code=fault.code, msg=fault.msg)
+    return None
+
+
 def _door(handler: Handler, signed: bool) -> Callable[[web.Request], Any]:
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.StreamResponse:
         sim = request.app[SIM]
+        faults = sim.faults.take(request.method, request.path, sim.now_ms())
+        if faults:
+            answer = await _injected(request, faults, sim.now_ms())
+            if answer is not None:
+                return answer
         now = sim.now_ms()
         # Verify the query exactly as it arrived: re-encoding or re-sorting it would change what was signed.
         raw_query = request.rel_url.raw_query_string
         try:
+            engine = sim.engine  # public endpoints: market data is the same for every account
             if signed:
-                signing.verify(raw_query, request.headers.get("X-BX-APIKEY"), sim.api_key, sim.api_secret, now)
-            data = handler(sim.engine, signing.parse_query(raw_query), now)
+                account = sim.authenticate(raw_query, request.headers.get("X-BX-APIKEY"), now)
+                if not sim.rate_limiter.allow(account.api_key, request.path, now):
+                    log.info("%s %s refused: rate limit", request.method, request.path)
+                    # BingX answers a breach with HTTP 429 *and* a JSON body, so ccxt raises OperationFailed.
+                    return web.json_response({"code": RATE_LIMIT_CODE, "msg": RATE_LIMIT_MSG, "timestamp": now},
+                                             status=429)
+                engine = account.engine
+            data = handler(engine, signing.parse_query(raw_query), now)
+            if signed and request.method != "GET":  # only signed POSTs and DELETEs change an account
+                await sim.save([sim.accounts[request.headers["X-BX-APIKEY"]]])
         except BingxError as error:
             level = logging.WARNING if error.code in (100001, 100412, 100413, 100421) else logging.INFO
             log.log(level, "%s %s refused: %s %s", request.method, request.path, error.code, error.msg)
@@ -467,7 +560,13 @@ def state_view(engine: Engine) -> dict[str, Any]:
             "orderId": f.order_id, "clientOrderId": f.client_order_id, "symbol": f.symbol, "side": f.side,
             "positionSide": f.position_side, "type": f.type, "qty": _s(f.qty), "price": _p(f.price),
             "quote": _s(f.quote), "commission": _s(f.commission), "realisedPnl": _s(f.realised_pnl), "time": f.time,
+            "liquidation": f.liquidation,
         } for f in engine.fills],
+        "liquidations": [{
+            "orderId": x.order_id, "symbol": x.symbol, "positionSide": x.side, "qty": _s(x.qty),
+            "entryPrice": _s(x.entry_price), "markPrice": _p(x.mark_price), "liquidationPrice": _p(x.liquidation_price),
+            "lost": _s(x.lost), "isolated": x.isolated, "time": x.time,
+        } for x in engine.liquidations],
     }
 
 
@@ -501,50 +600,159 @@ def _prices_from(body: dict[str, Any]) -> dict[str, Decimal]:
     return prices
 
 
+def _named_account(sim: Sim, api_key: object) -> SimAccount:
+    if api_key is not None and not isinstance(api_key, str):
+        raise ValueError("account must be an API key")
+    try:
+        return sim.account(api_key)
+    except KeyError:
+        raise ValueError("no such account") from None
+
+
 async def admin_state(request: web.Request) -> web.Response:
-    return web.json_response(state_view(request.app[SIM].engine))
+    """One account's whole state: the first account's, or `?account=<api key>`'s."""
+    sim = request.app[SIM]
+    try:
+        account = _named_account(sim, request.query.get("account"))
+    except ValueError as error:
+        return web.json_response({"error": str(error)}, status=404)
+    return web.json_response({**state_view(account.engine), "accounts": list(sim.accounts)})
 
 
 async def admin_prices(request: web.Request) -> web.Response:
+    """Move marks for every account; what they cross (limit fills, stops, liquidations) happens before the answer."""
     sim = request.app[SIM]
     try:
-        sim.engine.set_prices(_prices_from(await _json_object(request)), sim.now_ms())
+        prices = _prices_from(await _json_object(request))
+        now = sim.now_ms()
+        sim.engine.set_prices(prices, now)  # first, so a refused price changes no account
     except ValueError as error:
         return _bad_request(str(error))
+    for account in sim.accounts.values():
+        liquidated = len(account.engine.liquidations)
+        if account.engine is not sim.engine:
+            account.engine.set_prices(prices, now)
+        for liquidation in account.engine.liquidations[liquidated:]:
+            log.warning("account %s: liquidated %s %s %s at %s, lost %s USDT", account.api_key[:4] + "...",
+                        liquidation.symbol, liquidation.side, _s(liquidation.qty), _p(liquidation.mark_price),
+                        _s(liquidation.lost))
     log.info("prices set: %s", {s: _p(p) for s, p in sim.engine.prices.items()})
+    await sim.save(sim.accounts.values())  # a move can fill, stop or liquidate in any account
     return web.json_response({"prices": {s: _p(p) for s, p in sim.engine.prices.items()}})
 
 
 async def admin_reset(request: web.Request) -> web.Response:
-    """Back to the starting balance and prices with nothing open; `{"balance": "5000"}` changes the start."""
+    """Back to the starting balance and prices with nothing open; `{"balance": "5000"}` changes the start.
+
+    Every account is reset, or only `{"account": "<api key>"}`, which then keeps the market's current prices.
+    """
     sim = request.app[SIM]
     body = await _json_object(request)
     try:
+        chosen = _named_account(sim, body["account"]) if "account" in body else None
         balance = Decimal(str(body["balance"])) if "balance" in body else None
-        sim.engine.reset(sim.now_ms(), balance=balance)
-    except (InvalidOperation, ValueError) as error:
-        return _bad_request(f"balance: {error}" if isinstance(error, ValueError) else "balance is not a number")
-    log.info("reset to a balance of %s USDT", _s(sim.engine.deposits))
-    return web.json_response(state_view(sim.engine))
+        if balance is not None and (not balance.is_finite() or balance < 0):
+            raise ValueError("the starting balance cannot be negative")
+    except InvalidOperation:
+        return _bad_request("balance is not a number")
+    except ValueError as error:
+        return _bad_request(str(error))
+    now = sim.now_ms()
+    if chosen is None:
+        for account in sim.accounts.values():
+            account.engine.reset(now, balance=balance)
+    else:
+        prices = sim.engine.prices
+        chosen.engine.reset(now, balance=balance)
+        chosen.engine.set_prices(prices, now)
+    await sim.save([chosen] if chosen is not None else sim.accounts.values())
+    shown = chosen or sim.account(None)
+    log.info("reset %s to a balance of %s USDT", "every account" if chosen is None else "one account",
+             _s(shown.engine.deposits))
+    return web.json_response({**state_view(shown.engine), "accounts": list(sim.accounts)})
+
+
+async def admin_faults(request: web.Request) -> web.Response:
+    """GET lists the waiting faults, POST adds one (see faults.parse_fault), DELETE clears them all."""
+    sim = request.app[SIM]
+    now = sim.now_ms()
+    if request.method == "POST":
+        try:
+            fault = sim.faults.add(await _json_object(request), now)
+        except ValueError as error:
+            return _bad_request(str(error))
+        log.info("fault %s added: %s", fault.id, fault.view())
+        return web.json_response({"fault": fault.view()})
+    if request.method == "DELETE":
+        sim.faults.clear()
+        log.info("faults cleared")
+    return web.json_response({"faults": [f.view() for f in sim.faults.active(now)],
+                              "rate_limit": sim.rate_limiter.view()})
+
+
+async def admin_rate_limit(request: web.Request) -> web.Response:
+    """GET shows BingX's rate limit, POST `{"enabled": true, "per_second": 5}` turns it on or off."""
+    sim = request.app[SIM]
+    if request.method == "POST":
+        body = await _json_object(request)
+        enabled, per_second = body.get("enabled"), body.get("per_second")
+        if not isinstance(enabled, bool):
+            return _bad_request("enabled must be true or false")
+        if per_second is not None and (isinstance(per_second, bool) or not isinstance(per_second, int)
+                                       or per_second < 1):
+            return _bad_request("per_second must be a positive integer")
+        sim.rate_limiter.configure(enabled, per_second)
+        log.info("rate limit %s", sim.rate_limiter.view())
+    return web.json_response(sim.rate_limiter.view())
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(settings: BingxSimSettings, *, clock: Callable[[], float] = time.time) -> web.Application:
-    """The simulator as an aiohttp application; `clock` (seconds) is what signed timestamps are checked against."""
+def build_app(settings: BingxSimSettings, *, clock: Callable[[], float] = time.time,
+              store: AccountStore | None = None) -> web.Application:
+    """The simulator as an aiohttp application; `clock` (seconds) is what signed timestamps are checked against.
+
+    Accounts are kept in `store`, or in MongoDB when MONGO_URI is set, or in memory only; a start restores them.
+    """
     now = int(clock() * 1000)
-    engine = Engine(settings.bingx_sim_balance_usdt, settings.bingx_sim_prices, now=now,
-                    first_order_id=first_order_id(now))
+
+    def new_engine(balance: Decimal, index: int) -> Engine:
+        # Accounts are apart by 10**14 ids, so no two accounts of one run ever show the same order id.
+        return Engine(balance, settings.bingx_sim_prices, now=now, first_order_id=first_order_id(now) + index * 10**14)
+
+    engine = new_engine(settings.bingx_sim_balance_usdt, 0)
     app = web.Application()
-    app[SIM] = Sim(engine, settings.bingx_api_key.get_secret_value(),
-                   settings.bingx_api_secret.get_secret_value(), clock)
+    sim = Sim(engine, settings.bingx_api_key.get_secret_value(), settings.bingx_api_secret.get_secret_value(), clock,
+              rate_limiter=RateLimiter(enabled=settings.bingx_sim_rate_limit))
+    for index, spec in enumerate(settings.extra_accounts(), start=1):
+        sim.accounts[spec.api_key] = SimAccount(spec.api_key, spec.api_secret, new_engine(spec.balance, index))
+    if store is None and settings.mongo_uri is not None:
+        client = mongo.connect(settings.mongo_uri.get_secret_value(), app_name="bingx_sim")
+        store = MongoAccountStore(mongo.database(client, settings.mongo_db))
+
+        async def close_client(app: web.Application) -> None:
+            await client.close()
+
+        app.on_cleanup.append(close_client)
+    sim.store = store
+
+    async def restore(app: web.Application) -> None:
+        await sim.load()
+
+    app.on_startup.append(restore)
+    app[SIM] = sim
     for method, path, handler, signed in ENDPOINTS:
         app.router.add_route(method, f"/openApi/{path}", _door(handler, signed))
     app.router.add_route("*", "/openApi/{tail:.*}", _unknown_api)
     app.router.add_get("/_sim/state", admin_state)
     app.router.add_post("/_sim/prices", admin_prices)
     app.router.add_post("/_sim/reset", admin_reset)
+    app.router.add_route("GET", "/_sim/faults", admin_faults)
+    app.router.add_route("POST", "/_sim/faults", admin_faults)
+    app.router.add_route("DELETE", "/_sim/faults", admin_faults)
+    app.router.add_route("GET", "/_sim/rate_limit", admin_rate_limit)
+    app.router.add_route("POST", "/_sim/rate_limit", admin_rate_limit)
     app.router.add_get("/healthz", healthz)
     return app

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Mapping
+from typing import Any, Mapping, TypeVar, get_type_hints
 
 # Real BingX accounts start at 5x: the recorded responses of a fresh account show "leverage": "5" and "5X".
 DEFAULT_LEVERAGE = 5
 MAKER_FEE = Decimal("0.0002")
 TAKER_FEE = Decimal("0.0005")
-# Tier-1 maintenance margin rate; only used to show an indicative liquidation price (liquidation is not simulated).
+# Tier-1 maintenance margin rate: where the liquidation price sits, and what a liquidation keeps besides the loss.
 MAINTENANCE_RATE = Decimal("0.004")
 # Margins and averaged entry prices are kept to 8 decimals so that what is shown is exactly what is computed with.
 MONEY_STEP = Decimal("0.00000001")
 FIRST_ORDER_ID = 1_900_000_000_000_000_001
+# Bumped whenever the saved document's shape changes; an older document is then not restored.
+DOCUMENT_VERSION = 1
 
 OPEN_STATUSES = frozenset({"NEW", "PENDING", "PARTIALLY_FILLED"})
 ORDER_TYPES = frozenset({
@@ -25,6 +27,10 @@ ORDER_TYPES = frozenset({
 CONDITIONAL_TYPES = ORDER_TYPES - {"LIMIT", "MARKET"}
 PRICED_TYPES = frozenset({"LIMIT", "STOP", "TAKE_PROFIT", "TRIGGER_LIMIT"})
 TRIGGERED_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT", "TRIGGER_LIMIT", "TRIGGER_MARKET"})
+# Stop-loss and take-profit orders only ever close a position; TRIGGER_* orders may open one.
+CLOSING_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT"})
+STOP_TYPES = frozenset({"STOP_MARKET", "STOP"})
+TAKE_PROFIT_TYPES = frozenset({"TAKE_PROFIT_MARKET", "TAKE_PROFIT"})
 MARGIN_TYPES = frozenset({"ISOLATED", "CROSSED", "SEPARATE_ISOLATED"})
 TIMES_IN_FORCE = frozenset({"GTC", "IOC", "FOK", "POSTONLY"})
 
@@ -160,6 +166,9 @@ class Order:
     profit: Decimal = Decimal(0)  # realised PnL of the closing part, before fees
     frozen_margin: Decimal = Decimal(0)  # margin held while an opening limit order rests
     only_one_position: bool = True
+    trigger_above: bool = False  # TRIGGER_* orders fire when the mark reaches stopPrice from the side it was on
+    triggered: bool = False  # a STOP/TAKE_PROFIT/TRIGGER_LIMIT whose stop fired now rests as a limit at `price`
+    liquidation: bool = False  # the forced close of a liquidated position
 
     @property
     def is_open(self) -> bool:
@@ -191,6 +200,7 @@ class Fill:
     commission: Decimal  # negative
     realised_pnl: Decimal
     time: int
+    liquidation: bool = False
 
     @property
     def quote(self) -> Decimal:
@@ -225,6 +235,22 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Liquidation:
+    """A position the mark took past its liquidation price: closed at the mark, its collateral lost."""
+
+    order_id: int
+    symbol: str
+    side: str
+    qty: Decimal
+    entry_price: Decimal
+    mark_price: Decimal
+    liquidation_price: Decimal
+    lost: Decimal
+    isolated: bool
+    time: int
+
+
+@dataclass(frozen=True)
 class PositionView:
     """A position valued at the current mark price, as /user/positions reports it."""
 
@@ -247,7 +273,7 @@ class PositionView:
 
     @property
     def risk_rate(self) -> Decimal:
-        """Maintenance margin over what backs the position; 1 means liquidation (which is not simulated)."""
+        """Maintenance margin over what backs the position; 1 means liquidation."""
         backing = self.margin + self.unrealised
         if backing <= 0:
             return Decimal(1)
@@ -307,6 +333,7 @@ class _Book:
     orders_by_id: dict[int, Order] = field(default_factory=dict)
     orders_by_client_id: dict[str, Order] = field(default_factory=dict)
     fills: list[Fill] = field(default_factory=list)
+    liquidations: list[Liquidation] = field(default_factory=list)
     realised_pnl: Decimal = Decimal(0)
     fees: Decimal = Decimal(0)
 
@@ -339,6 +366,58 @@ class Engine:
         self._next_id += 1
         return self._next_id - 1
 
+    # ---- persistence -----------------------------------------------------------------------------------------
+
+    def to_document(self) -> dict[str, Any]:
+        """The whole account as plain JSON-like data (Decimals as exact strings), for restore()."""
+        book = self._book
+        return {
+            "version": DOCUMENT_VERSION, "next_id": self._next_id, "default_leverage": self.default_leverage,
+            "start_balance": str(self._start_balance),
+            "start_prices": {s: str(p) for s, p in self._start_prices.items()},
+            "deposits": str(book.deposits), "realised_pnl": str(book.realised_pnl), "fees": str(book.fees),
+            "hedged": book.hedged,
+            "prices": {s: str(p) for s, p in book.prices.items()},
+            "markets": [_encode(m) for m in book.markets.values()],
+            "tickers": {s: _encode(t) for s, t in book.tickers.items()},
+            "leverage": [[symbol, side, value] for (symbol, side), value in book.leverage.items()],
+            "margin_type": dict(book.margin_type),
+            "positions": [_encode(p) for p in book.positions.values()],
+            "orders": [_encode(o) for o in book.orders],
+            "fills": [_encode(f) for f in book.fills],
+            "liquidations": [_encode(x) for x in book.liquidations],
+        }
+
+    def restore(self, document: Mapping[str, Any]) -> None:
+        """Replace the account with a saved one; ValueError if the document is of another version."""
+        if document.get("version") != DOCUMENT_VERSION:
+            raise ValueError(f"saved account has version {document.get('version')}, not {DOCUMENT_VERSION}")
+        orders = [_decode(Order, o) for o in document["orders"]]
+        positions = [_decode(Position, p) for p in document["positions"]]
+        book = _Book(
+            deposits=Decimal(document["deposits"]),
+            prices={s: Decimal(p) for s, p in document["prices"].items()},
+            markets={m["symbol"]: _decode(Market, m) for m in document["markets"]},
+            tickers={s: _decode(TickerStats, t) for s, t in document["tickers"].items()},
+            hedged=bool(document["hedged"]),
+            leverage={(symbol, side): int(value) for symbol, side, value in document["leverage"]},
+            margin_type=dict(document["margin_type"]),
+            positions={(p.symbol, p.side): p for p in positions},
+            orders=orders,
+            orders_by_id={o.order_id: o for o in orders},
+            orders_by_client_id={o.client_order_id: o for o in orders if o.client_order_id},
+            fills=[_decode(Fill, f) for f in document["fills"]],
+            liquidations=[_decode(Liquidation, x) for x in document["liquidations"]],
+            realised_pnl=Decimal(document["realised_pnl"]),
+            fees=Decimal(document["fees"]),
+        )
+        self._book = book
+        self._start_balance = Decimal(document["start_balance"])
+        self._start_prices = {s: Decimal(p) for s, p in document["start_prices"].items()}
+        self.default_leverage = int(document["default_leverage"])
+        # Never hand out an id the saved account (or this run) already used.
+        self._next_id = max(self._next_id, int(document["next_id"]))
+
     # ---- markets and prices ----------------------------------------------------------------------------------
 
     @property
@@ -361,7 +440,7 @@ class Engine:
         return dict(self._book.prices)
 
     def set_prices(self, prices: Mapping[str, Decimal], now: int) -> None:
-        """Move marks (a symbol not yet listed becomes a generic market). Unrealised PnL follows at once."""
+        """Move marks (a symbol not yet listed becomes a generic market), then run what the new marks trigger."""
         staged: list[tuple[Market, Decimal]] = []
         for symbol, price in prices.items():
             if not is_symbol(symbol):
@@ -375,14 +454,21 @@ class Engine:
             if price <= 0:
                 raise ValueError(f"the price of {symbol} is below the market's tick of {market.tick}")
             staged.append((market, price))
+        moves: list[tuple[str, Decimal]] = []
         for market, price in staged:  # all or nothing: a bad entry leaves every price as it was
             self._book.markets.setdefault(market.symbol, market)
+            moves.append((market.symbol, self._book.prices.get(market.symbol, price)))
             self._book.prices[market.symbol] = price
             stats = self._book.tickers.get(market.symbol)
             if stats is None:
                 self._book.tickers[market.symbol] = TickerStats(open_price=price, open_time=now, high=price, low=price)
             else:
                 stats.high, stats.low = max(stats.high, price), min(stats.low, price)
+        for symbol, previous in moves:
+            self._run_triggers(symbol, previous, now)
+        # In cross margin any move changes every position's liquidation price, so all are checked.
+        while self._liquidate_one(None, now):
+            pass
 
     def ticker(self, symbol: str) -> Ticker:
         market = self.market(symbol)
@@ -479,13 +565,18 @@ class Engine:
             ))
         return views
 
+    @staticmethod
+    def _collateral(view: PositionView, raw_available: Decimal) -> Decimal:
+        """What stands behind a position, and so what its liquidation loses."""
+        if view.isolated:
+            return view.margin
+        # In cross mode the free margin of the whole account also stands behind the position.
+        return view.margin + max(raw_available - view.unrealised, Decimal(0))
+
     def _with_liquidation(self, view: PositionView, raw_available: Decimal) -> PositionView:
-        """Indicative only: the mark at which the position's collateral falls to maintenance margin."""
+        """The mark at which the position's collateral falls to maintenance margin."""
         position = view.position
-        collateral = view.margin
-        if not view.isolated:
-            # In cross mode the free margin of the whole account also stands behind the position.
-            collateral += max(raw_available - view.unrealised, Decimal(0))
+        collateral = self._collateral(view, raw_available)
         cost = position.entry_price * position.qty
         if position.side == "LONG":
             price = (cost - collateral) / (position.qty * (1 - MAINTENANCE_RATE))
@@ -506,6 +597,10 @@ class Engine:
     @property
     def fills(self) -> list[Fill]:
         return list(self._book.fills)
+
+    @property
+    def liquidations(self) -> list[Liquidation]:
+        return list(self._book.liquidations)
 
     def find_order(self, symbol: str | None, order_id: int | None, client_order_id: str | None) -> Order | None:
         order = None
@@ -612,7 +707,7 @@ class Engine:
             close_position=request.close_position, time_in_force=time_in_force,
             working_type=(request.working_type or "MARK_PRICE").upper(), price_rate=request.price_rate or Decimal(0),
             stop_loss=request.stop_loss or "", take_profit=request.take_profit or "",
-            frozen_margin=frozen, only_one_position=not self._book.hedged,
+            frozen_margin=frozen, only_one_position=not self._book.hedged, trigger_above=stop_price > mark,
         )
         self._book.orders.append(order)
         self._book.orders_by_id[order.order_id] = order
@@ -773,7 +868,7 @@ class Engine:
         if self.account().raw_available + change < 0:
             raise BingxError(101204, "Insufficient margin")
 
-    def _fill(self, order: Order, plan: _Plan, price: Decimal, now: int) -> None:
+    def _fill(self, order: Order, plan: _Plan, price: Decimal, now: int, fee_rate: Decimal = TAKER_FEE) -> None:
         book = self._book
         realised = Decimal(0)
         if plan.close is not None and plan.close_qty > 0:
@@ -781,7 +876,7 @@ class Engine:
             direction = 1 if position.side == "LONG" else -1
             realised = (price - position.entry_price) * plan.close_qty * direction
             position.qty -= plan.close_qty
-            position.realised += realised - plan.close_qty * price * TAKER_FEE
+            position.realised += realised - plan.close_qty * price * fee_rate
             position.update_time = now
             if position.qty == 0:
                 del book.positions[(position.symbol, position.side)]
@@ -795,10 +890,11 @@ class Engine:
             total = position.qty + plan.open_qty
             position.entry_price = _money((position.entry_price * position.qty + price * plan.open_qty) / total)
             position.qty = total
-            position.realised -= plan.open_qty * price * TAKER_FEE
+            position.realised -= plan.open_qty * price * fee_rate
             position.update_time = now
         executed = plan.close_qty + plan.open_qty
-        fee = executed * price * TAKER_FEE
+        fee = executed * price * fee_rate
+        order.frozen_margin = Decimal(0)
         book.realised_pnl += realised
         book.fees += fee
         order.status = "FILLED"
@@ -842,3 +938,156 @@ class Engine:
         )
         self._book.orders.append(child)
         self._book.orders_by_id[child.order_id] = child
+
+    # ---- what a price move triggers --------------------------------------------------------------------------
+
+    def _run_triggers(self, symbol: str, previous: Decimal, now: int) -> None:
+        """Fire what the move from `previous` crossed, nearest level first, as a continuous move would have.
+
+        One event at a time, because each fill can attach or cancel orders and moves liquidation prices.
+        """
+        while True:
+            mark = self._book.prices[symbol]
+            events: list[tuple[Decimal, int, Order | None]] = []
+            for order in self.open_orders(symbol):
+                level = self._crossed_level(order, mark)
+                if level is not None:
+                    events.append((abs(level - previous), 0, order))
+            liquidation = self._liquidation_level(symbol)
+            if liquidation is not None:
+                events.append((abs(liquidation - previous), 1, None))
+            if not events:
+                return
+            # min() keeps the first of equals: orders in the order they were placed, then liquidation.
+            _, _, order = min(events, key=lambda event: (event[0], event[1]))
+            if order is None:
+                self._liquidate_one(symbol, now)
+            else:
+                self._execute(order, mark, now)
+
+    @staticmethod
+    def _crossed_level(order: Order, mark: Decimal) -> Decimal | None:
+        """The price level of `order` that `mark` has reached, or None if it has not (or is not simulated)."""
+        if order.type == "LIMIT" or order.triggered:
+            level = order.price
+            hit = mark <= level if order.side == "BUY" else mark >= level
+        elif order.type in STOP_TYPES:  # a stop-loss: a long's sells below, a short's buys above
+            level = order.stop_price
+            hit = mark <= level if order.side == "SELL" else mark >= level
+        elif order.type in TAKE_PROFIT_TYPES:
+            level = order.stop_price
+            hit = mark >= level if order.side == "SELL" else mark <= level
+        elif order.type in ("TRIGGER_MARKET", "TRIGGER_LIMIT"):
+            level = order.stop_price
+            hit = mark >= level if order.trigger_above else mark <= level
+        else:
+            return None  # trailing orders are accepted and rest, but are not simulated
+        return level if hit else None
+
+    def _execute(self, order: Order, mark: Decimal, now: int) -> None:
+        """Fill (or arm) an order whose level the mark crossed."""
+        if order.type in PRICED_TYPES - {"LIMIT"} and not order.triggered:
+            # The stop fired: from now on it is a limit order, which fills at once only if marketable.
+            order.triggered, order.update_time = True, now
+            if not (order.price >= mark if order.side == "BUY" else order.price <= mark):
+                return
+            price, fee_rate = mark, TAKER_FEE
+        elif order.type == "LIMIT" or order.triggered:
+            # A resting limit is hit at its own price, as a maker (a gap past it does not improve the fill).
+            price, fee_rate = order.price, MAKER_FEE
+        else:
+            price, fee_rate = mark, TAKER_FEE  # a fired stop is a market order at the mark
+        hedged = self._book.hedged
+        closing_pair = (order.side, order.position_side) in (("SELL", "LONG"), ("BUY", "SHORT"))
+        close_only = (order.reduce_only or order.close_position or order.type in CLOSING_TYPES
+                      or (hedged and closing_pair))
+        target = self._plan(order.symbol, order.side, order.position_side, Decimal(0), close_only=False)
+        qty = order.orig_qty
+        if order.close_position:
+            qty = target.close.qty if target.close is not None else Decimal(0)
+        plan = self._plan(order.symbol, order.side, order.position_side, qty, close_only=close_only)
+        if plan.close_qty + plan.open_qty == 0:
+            self._cancel(order, now)  # its position is gone: a reduce-only order has nothing left to do
+            return
+        # A resting LIMIT's margin was frozen when it was placed (and _fill releases it); a fired trigger order,
+        # which froze nothing, must find its margin now or fail as BingX's do.
+        if plan.open_qty > 0 and order.type != "LIMIT":
+            try:
+                self._require_margin_for_fill(order.symbol, plan, price)
+            except BingxError:
+                self._cancel(order, now, status="FAILED")
+                return
+        self._fill(order, plan, price, now, fee_rate)
+        if plan.open_qty > 0:
+            market = self._book.markets[order.symbol]
+            for raw, name in ((order.stop_loss, "stopLoss"), (order.take_profit, "takeProfit")):
+                if raw:
+                    self._attach(order, self._attached(raw, name, market), now)
+
+    def _liquidation_level(self, symbol: str) -> Decimal | None:
+        for view in self.positions(symbol):
+            if self._past_liquidation(view):
+                return view.liquidation_price
+        return None
+
+    @staticmethod
+    def _past_liquidation(view: PositionView) -> bool:
+        if view.position.side == "LONG":
+            return view.liquidation_price > 0 and view.mark_price <= view.liquidation_price
+        return view.mark_price >= view.liquidation_price
+
+    def _liquidate_one(self, symbol: str | None, now: int) -> bool:
+        """Close the first position past its liquidation price at the mark; its whole collateral is lost."""
+        raw_available = self.account().raw_available
+        for view in self.positions(symbol):
+            if self._past_liquidation(view):
+                self._liquidate(view, self._collateral(view, raw_available), now)
+                return True
+        return False
+
+    def _liquidate(self, view: PositionView, lost: Decimal, now: int) -> None:
+        book, position, mark = self._book, view.position, view.mark_price
+        hedged = book.hedged
+        order = Order(
+            order_id=self._new_id(), symbol=position.symbol, side="SELL" if position.side == "LONG" else "BUY",
+            position_side=position.side if hedged else "BOTH", type="MARKET", orig_qty=position.qty, price=mark,
+            stop_price=Decimal(0), time=now, update_time=now, leverage=view.leverage, status="FILLED",
+            reduce_only=not hedged, executed_qty=position.qty, avg_price=mark, cum_quote=position.qty * mark,
+            profit=-lost, only_one_position=not hedged, liquidation=True,
+        )
+        book.orders.append(order)
+        book.orders_by_id[order.order_id] = order
+        # The loss is the collateral, not the move: the maintenance margin left at the liquidation price is
+        # BingX's (its insurance fund), and a gap past the bankruptcy price costs no more than the collateral.
+        book.realised_pnl -= lost
+        position.realised -= lost
+        del book.positions[(position.symbol, position.side)]
+        self._cancel_protection(position, now)
+        book.fills.append(Fill(order.order_id, "", position.symbol, order.side, order.position_side, "MARKET",
+                               position.qty, mark, Decimal(0), -lost, now, liquidation=True))
+        book.liquidations.append(Liquidation(order.order_id, position.symbol, position.side, position.qty,
+                                             position.entry_price, mark, view.liquidation_price, lost,
+                                             view.isolated, now))
+
+
+# ---- saving dataclasses as plain data ------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _encode(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Decimal):
+        return str(value)  # a string keeps every digit; a float or Decimal128 might not
+    return value
+
+
+def _decode(cls: type[_T], raw: Mapping[str, Any]) -> _T:
+    hints = get_type_hints(cls)
+    values = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in raw:
+            value = raw[f.name]
+            values[f.name] = Decimal(value) if hints[f.name] is Decimal else value
+    return cls(**values)

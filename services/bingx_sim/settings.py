@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.bingx_sim.engine import BUILTIN_PRICES, is_symbol
@@ -44,8 +47,47 @@ def parse_prices(raw: object) -> dict[str, Decimal]:
     return prices
 
 
+@dataclass(frozen=True)
+class AccountSpec:
+    """One extra paper account from the accounts file."""
+
+    api_key: str
+    api_secret: str
+    balance: Decimal
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"AccountSpec(api_key={self.api_key!r}, balance={self.balance})"
+
+
+def parse_accounts(text: str) -> list[AccountSpec]:
+    """The accounts file: a JSON list of {"api_key", "api_secret", "balance"} (balance optional, default 10000)."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ValueError("the accounts file is not JSON") from None
+    if not isinstance(raw, list):
+        raise ValueError("the accounts file must hold a JSON list")
+    accounts: list[AccountSpec] = []
+    for position, entry in enumerate(raw, start=1):
+        if not isinstance(entry, dict):
+            raise ValueError(f"account {position} is not a JSON object")
+        key, secret = entry.get("api_key"), entry.get("api_secret")
+        if not isinstance(key, str) or not key.strip() or not isinstance(secret, str) or not secret.strip():
+            raise ValueError(f"account {position} needs a non-empty api_key and api_secret")
+        try:
+            balance = Decimal(str(entry.get("balance", "10000")))
+        except InvalidOperation:
+            raise ValueError(f"account {position}: balance is not a number") from None
+        if not balance.is_finite() or balance < 0:
+            raise ValueError(f"account {position}: balance must be 0 or more")
+        if any(a.api_key == key for a in accounts):
+            raise ValueError(f"account {position}: api_key {key!r} appears twice")
+        accounts.append(AccountSpec(key, secret, balance))
+    return accounts
+
+
 class BingxSimSettings(BaseSettings):
-    """What the simulator reads. It needs neither the broker nor Mongo."""
+    """What the simulator reads. It needs no broker, and Mongo only to keep accounts across restarts."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
@@ -56,6 +98,37 @@ class BingxSimSettings(BaseSettings):
     bingx_sim_port: int = Field(default=8090, ge=1, le=65535)
     bind_host: str = "0.0.0.0"
     log_level: str = "INFO"
+    # Extra accounts besides BINGX_API_KEY's, each with its own balance, positions and orders.
+    bingx_sim_accounts_file: Path | None = None
+    # BingX's 5/s per account on the order endpoints; off by default so tests and paper trading are not throttled.
+    bingx_sim_rate_limit: bool = False
+    # With a MongoDB the accounts survive a restart (a paper account kept for weeks); without, they live in memory.
+    mongo_uri: SecretStr | None = None
+    mongo_db: str = "tvtb"
+
+    def extra_accounts(self) -> list[AccountSpec]:
+        if self.bingx_sim_accounts_file is None:
+            return []
+        accounts = parse_accounts(self.bingx_sim_accounts_file.read_text())
+        if any(a.api_key == self.bingx_api_key.get_secret_value() for a in accounts):
+            raise ValueError("the accounts file repeats BINGX_API_KEY")
+        return accounts
+
+    @model_validator(mode="after")
+    def _accounts_readable(self) -> BingxSimSettings:
+        # Read once here so a bad accounts file stops the simulator at start, not at the first request.
+        try:
+            self.extra_accounts()
+        except OSError as error:
+            raise ValueError(f"BINGX_SIM_ACCOUNTS_FILE cannot be read: {error.strerror}") from None
+        return self
+
+    @field_validator("mongo_uri")
+    @classmethod
+    def _mongo_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
 
     @field_validator("bingx_sim_prices", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal as D
 
 import pytest
@@ -286,3 +287,29 @@ def test_in_hedge_mode_closing_a_side_cancels_only_that_side_s_protection() -> N
     open_now = {(o.type, o.side, o.position_side) for o in sim.open_orders()}
     assert open_now == {("STOP_MARKET", "BUY", "SHORT"), ("TRIGGER_MARKET", "BUY", "LONG")}
     assert entry.is_open
+
+
+def test_a_saved_account_restores_exactly_and_keeps_ids_unique() -> None:
+    sim = engine()
+    sim.set_position_mode(True)
+    sim.set_leverage("BTC-USDT", "LONG", 10)
+    sim.set_margin_type("ETH-USDT", "ISOLATED")
+    sim.place_order(order(position_side="LONG", client_order_id="Keep", stop_loss='{"stopPrice":50000}'), NOW)
+    sim.place_order(order("ETH-USDT", "SELL", "1", position_side="SHORT"), NOW)
+    resting = sim.place_order(order(type="LIMIT", price=D("55000"), position_side="LONG"), NOW)
+    sim.set_prices({"BTC-USDT": D("61000.3"), "DOGE-USDT": D("0.1")}, NOW)
+    document = sim.to_document()
+    document = json.loads(json.dumps(document))  # what a store hands back is plain data
+
+    again = Engine(D("1"), {}, now=NOW)
+    again.restore(document)
+    assert again.to_document() == document
+    assert (again.account(), again.hedged, again.prices) == (sim.account(), True, sim.prices)
+    assert [v.position for v in again.positions()] == [v.position for v in sim.positions()]
+    assert again.find_order("BTC-USDT", resting.order_id, None) == resting
+    assert code_of(lambda: again.place_order(order(position_side="LONG", client_order_id="keep"), NOW)) == 101481
+    assert again.place_order(order(position_side="LONG"), NOW).order_id > max(o.order_id for o in sim.all_orders())
+    again.set_prices({"BTC-USDT": D("54000")}, NOW)  # the restored limit still rests and fills
+    assert again.find_order(None, resting.order_id, None).status == "FILLED"
+    with pytest.raises(ValueError):
+        again.restore({**document, "version": 0})
