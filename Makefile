@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help venv test test-unit test-integration test-e2e run up down bench clean
 
@@ -40,6 +41,13 @@ test-e2e: venv
 run: venv
 	./ops/scripts/ensure-rabbitmq.sh
 	$(PY) ops/scripts/run_local.py
+
+# A benchmark, not a test: the ingress beside two bare aiohttp handlers under wrk (BENCH_ARGS="--duration 30").
+# wrk comes from Debian's package (wrk 4.1.0) when missing.
+bench: venv
+	./ops/scripts/ensure-rabbitmq.sh
+	@command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; }
+	$(PY) -m tests.bench.ingress_bench $(BENCH_ARGS)
 
 up:
 	@test -f .env || { echo "no .env: cp .env.example .env and fill it in"; exit 1; }
