@@ -105,6 +105,7 @@ class Publisher:
     def __init__(self, channel: AbstractChannel, *, timeout: float = 5.0) -> None:
         self._channel = channel
         self._timeout = timeout
+        self._exchanges: dict[str, object] = {}
 
     @classmethod
     async def open(cls, connection: AbstractRobustConnection, *, timeout: float = 5.0) -> Publisher:
@@ -136,9 +137,12 @@ class Publisher:
                 headers=inject_trace({}),
             )
             try:
-                target = self._channel.default_exchange if not exchange else await self._channel.get_exchange(
-                    exchange, ensure=False
-                )
+                target = self._exchanges.get(exchange)
+                if target is None:
+                    target = self._channel.default_exchange if not exchange else await self._channel.get_exchange(
+                        exchange, ensure=False
+                    )
+                    self._exchanges[exchange] = target
                 # mandatory: a message no queue would take is an error, not a silent loss.
                 confirmation = await target.publish(
                     amqp_message, routing_key=key, mandatory=True, timeout=timeout or self._timeout

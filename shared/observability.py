@@ -17,6 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 _signal_id: ContextVar[str | None] = ContextVar("signal_id", default=None)
@@ -97,7 +98,10 @@ def setup_logging(service: str, level: str = "INFO", secrets: Iterable[str] = ()
 
 def setup_tracing(service: str, otlp_endpoint: str | None) -> TracerProvider:
     """A tracer provider for the process; spans are exported over OTLP/HTTP only when an endpoint is configured."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"tvtb-{service}"}))
+    # With nowhere to send spans, record none: trace and span ids still exist and propagate (logs carry them,
+    # AMQP headers carry traceparent), but building full spans would only cost time on the hot path.
+    sampler = ParentBased(ALWAYS_ON if otlp_endpoint else ALWAYS_OFF)
+    provider = TracerProvider(resource=Resource.create({"service.name": f"tvtb-{service}"}), sampler=sampler)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -29,14 +29,18 @@ log = logging.getLogger(__name__)
 INGRESS_KEY = web.AppKey("ingress", Ingress)
 METRICS_KEY = web.AppKey("ingress_metrics", object)
 MAX_BODY_BYTES = 64 * 1024
+RESULTS = ("accepted", "duplicate", "invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "timeout",
+           "conflict", "unavailable")
 
 
 class IngressMetrics:
     def __init__(self, registry: CollectorRegistry, ingress: Ingress) -> None:
-        self.requests = Counter("tvtb_webhook_requests_total", "Webhook requests by result", ["result"], registry=registry)
-        self.latency = Histogram(
+        requests = Counter("tvtb_webhook_requests_total", "Webhook requests by result", ["result"], registry=registry)
+        latency = Histogram(
             "tvtb_webhook_latency_seconds", "Time to answer a webhook, by result", ["result"], buckets=LATENCY_BUCKETS, registry=registry
         )
+        # Label lookups cost more than the increments: resolve each result's children once.
+        self.by_result = {result: (requests.labels(result), latency.labels(result)) for result in RESULTS}
         self.outboxed = Counter("tvtb_webhook_outbox_total", "Signals made durable in the outbox while the broker was away", registry=registry)
         outbox_pending = Gauge("tvtb_webhook_outbox_pending", "1 while signals wait in the outbox", registry=registry)
         outbox_pending.set_function(lambda: 1.0 if ingress.outbox.pending else 0.0)
@@ -67,8 +71,9 @@ class Exchange:
         ingress.recorder.record(record)
         level = logging.INFO if status < 400 else logging.WARNING
         log.log(level, "webhook %s", result, extra={k: v for k, v in record.items() if k != "at" and v is not None})
-        metrics.requests.labels(result).inc()
-        metrics.latency.labels(result).observe(time.perf_counter() - self.started)
+        counter, histogram = metrics.by_result[result]
+        counter.inc()
+        histogram.observe(time.perf_counter() - self.started)
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
     def refuse(self, status: int, result: str, reason: str) -> web.Response:
@@ -107,7 +112,8 @@ async def webhook(request: web.Request) -> web.Response:
     if not ingress.ip_limiter.allow(exchange.peer or "unknown"):
         return exchange.refuse(429, "rate_limited", "too many requests from this address")
     try:
-        raw = await asyncio.wait_for(request.read(), settings.body_timeout_s)
+        async with asyncio.timeout(settings.body_timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return exchange.refuse(413, "too_large", f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
     except asyncio.TimeoutError:
