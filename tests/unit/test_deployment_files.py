@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.bingx_sim.settings import BingxSimSettings
+from services.control.settings import ControlSettings
+from services.executor.settings import ExecutorSettings
+from services.ingress.settings import IngressSettings
+from services.notifier.settings import NotifierSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Compose service name -> the port its /healthz answers on (DESIGN.md's ports).
@@ -29,9 +35,11 @@ DESIGN_ENV = {
     "TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_IDS", "TELEGRAM_ADMIN_IDS", "OTEL_EXPORTER_OTLP_ENDPOINT", "LOG_LEVEL",
     "INITIAL_AUTOTRADE", "WEBHOOK_RATE_LIMIT_PER_TOKEN", "WEBHOOK_RATE_LIMIT_PER_IP",
 }
-# The services' other settings: listening, the simulator, the notifier's session.
+# The services' other settings, read from their settings classes so a new one needs no edit here.
 SERVICE_ENV = {
-    "BIND_HOST", *PORT_SETTINGS.values(), "BINGX_SIM_BALANCE_USDT", "BINGX_SIM_PRICES", "TELEGRAM_SESSION_PATH",
+    name.upper()
+    for settings_class in (IngressSettings, ExecutorSettings, NotifierSettings, ControlSettings, BingxSimSettings)
+    for name in settings_class.model_fields
 }
 APP_ENV = DESIGN_ENV | SERVICE_ENV
 BROKER_ENV = {"RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"}
