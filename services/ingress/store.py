@@ -94,8 +94,9 @@ class Recorder:
                 await self._collection.insert_many(batch, ordered=False)
             except BulkWriteError as error:
                 # Some were written: a retry would repeat their _ids forever. Keep none of this batch back.
-                failed = len(error.details.get("writeErrors", []))
-                log.warning("some request records were refused", extra={"refused": failed, "batch": len(batch)})
+                errors = error.details.get("writeErrors", [])
+                first = str(errors[0].get("errmsg", ""))[:200] if errors else ""
+                log.warning("some request records were refused", extra={"refused": len(errors), "batch": len(batch), "first_error": first})
             except Exception as error:
                 raise_if_cancelling()
                 log.warning("request records not written yet", extra={"error": type(error).__name__, "pending": len(self._pending)})
