@@ -136,8 +136,10 @@ async def tracing_middleware(request: web.Request, handler):
     if request.path in ("/healthz", "/readyz", "/metrics"):
         return await handler(request)
     context = propagate.extract(dict(request.headers))
+    resource = request.match_info.route.resource
+    # The route's pattern, never the raw path: a path may carry a token.
     with _http_tracer.start_as_current_span(
-        f"{request.method} {request.match_info.route.resource.canonical if request.match_info.route.resource else request.path}",
+        f"{request.method} {resource.canonical if resource is not None else 'unmatched'}",
         context=context,
         kind=trace.SpanKind.SERVER,
     ) as span:

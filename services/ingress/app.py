@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 INGRESS_KEY = web.AppKey("ingress", Ingress)
 METRICS_KEY = web.AppKey("ingress_metrics", object)
 MAX_BODY_BYTES = 64 * 1024
+ANSWER_WITHIN_S = 2.5  # TradingView cancels at 3 s
+OUTBOX_RESERVE_S = 0.5  # what a publish leaves for the outbox, should it fail
 RESULTS = ("accepted", "duplicate", "invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "timeout",
-           "conflict", "unavailable")
+           "conflict", "unavailable", "error")
 
 
 class IngressMetrics:
@@ -52,6 +54,7 @@ class Exchange:
 
     request: web.Request
     started: float = field(default_factory=time.perf_counter)
+    started_monotonic: float = field(default_factory=time.monotonic)
     peer: str | None = None
     token_name: str | None = None
     signal_id: str | None = None
@@ -59,13 +62,14 @@ class Exchange:
     format: str | None = None
     body_bytes: int = 0
 
-    def answer(self, status: int, result: str, body: dict, *, reason: str | None = None, durable: str | None = None) -> web.Response:
+    def answer(self, status: int, result: str, body: dict, *, reason: str | None = None, durable: str | None = None,
+               keyed_by_id: bool | None = None) -> web.Response:
         ingress: Ingress = self.request.app[INGRESS_KEY]
         metrics: IngressMetrics = self.request.app[METRICS_KEY]
         record = {
             "at": utcnow(), "result": result, "status": status, "reason": reason, "peer": self.peer,
             "token_name": self.token_name, "signal_id": self.signal_id, "fingerprint": self.fingerprint,
-            "format": self.format, "body_bytes": self.body_bytes, "durable": durable,
+            "format": self.format, "body_bytes": self.body_bytes, "durable": durable, "keyed_by_id": keyed_by_id,
         }
         # Never the body or the path: either may carry a token.
         ingress.recorder.record(record)
@@ -84,16 +88,21 @@ class Unavailable(Exception):
     pass
 
 
-async def make_durable(ingress: Ingress, signal: SignalReceivedV1) -> str:
-    """Publish with a confirm, or keep in the outbox; say which. Raises Unavailable when neither worked."""
+async def make_durable(ingress: Ingress, signal: SignalReceivedV1, deadline: float) -> str:
+    """Publish with a confirm, or keep in the outbox; say which. Raises Unavailable when neither worked.
+
+    Both together stay within `deadline` (monotonic), so the answer reaches TradingView within its 3 seconds: a
+    late 200 is a lost alert, since TradingView never resends after a timeout.
+    """
     if not ingress.outbox.pending:
         try:
-            await ingress.publisher.publish(signal, exchange=SIGNALS_EXCHANGE, message_id=signal.signal_id)
+            timeout = min(ingress.settings.publish_timeout_s, max(deadline - time.monotonic() - OUTBOX_RESERVE_S, 0.05))
+            await ingress.publisher.publish(signal, exchange=SIGNALS_EXCHANGE, message_id=signal.signal_id, timeout=timeout)
             return "published"
         except PublishFailed as error:
             log.warning("broker did not confirm; keeping the signal in the outbox", extra={"error": str(error)})
     try:
-        await ingress.outbox.put(signal)
+        await ingress.outbox.put(signal, timeout_s=deadline - time.monotonic())
     except Exception as error:
         log.error("signal not accepted: neither the broker nor the outbox took it",
                   extra={"error": f"{type(error).__name__}: {error}"[:300]}, exc_info=not isinstance(error, (OSError, asyncio.TimeoutError)))
@@ -105,7 +114,9 @@ async def webhook(request: web.Request) -> web.Response:
     ingress: Ingress = request.app[INGRESS_KEY]
     settings = ingress.settings
     exchange = Exchange(request)
-    exchange.peer = client_address(request.remote, request.headers.get("X-Forwarded-For"), settings.webhook_trusted_proxies)
+    # Every X-Forwarded-For line, in order: a proxy may add its own line after one the client forged.
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", [])) or None
+    exchange.peer = client_address(request.remote, forwarded, settings.webhook_trusted_proxies)
 
     if not source_allowed(exchange.peer, settings.webhook_allowed_sources):
         return exchange.refuse(403, "forbidden", "this source address may not send alerts")
@@ -133,39 +144,55 @@ async def webhook(request: web.Request) -> web.Response:
     if not ingress.token_limiter.allow(token.name):
         return exchange.refuse(429, "rate_limited", f"too many requests for token '{token.name}'")
 
+    exchange.fingerprint = fingerprint(token.name, parsed.payload)
+    payload_id = parsed.payload.get("id") if isinstance(parsed.payload.get("id"), str) else None
+    key = ingress.recent.key(payload_id, exchange.fingerprint)
+    now = time.time()
+
+    # An identical delivery still in flight: wait for its outcome rather than publish twice.
+    while (pending := ingress.inflight.get(key)) is not None:
+        await asyncio.shield(pending)
+    known = ingress.recent.get(key, now)
+    if known is not None:
+        exchange.signal_id = known[0]
+        if known[1] == exchange.fingerprint:
+            return exchange.answer(200, "duplicate", {"status": "duplicate", "signal_id": known[0]})
+        return exchange.refuse(409, "conflict", f"the id '{known[0]}' was already used by a different alert")
+
     try:
-        signal = build_signal(parsed.payload, token_name=token.name, raw_body=raw, received_at=utcnow())
+        signal = build_signal(parsed.payload, token_name=token.name, received_at=utcnow())
         check_scope(signal, settings.webhook_token_symbols, settings.webhook_token_strategies)
     except InvalidAlert as error:
         return exchange.refuse(400, "invalid", str(error))
     except OutOfScope as error:
         return exchange.refuse(403, "forbidden", str(error))
     exchange.signal_id = signal.signal_id
-    exchange.fingerprint = fingerprint(token.name, raw)
 
     with bound_signal(signal.signal_id):
-        # An identical delivery still in flight: wait for its outcome rather than publish twice.
-        while (pending := ingress.inflight.get(signal.signal_id)) is not None:
-            await asyncio.shield(pending)
-        known = ingress.recent.get(signal.signal_id)
-        if known == exchange.fingerprint:
-            return exchange.answer(200, "duplicate", {"status": "duplicate", "signal_id": signal.signal_id})
-        if known is not None:
-            return exchange.refuse(409, "conflict", f"the id '{signal.signal_id}' was already used by a different alert")
-
         done = asyncio.get_running_loop().create_future()
-        ingress.inflight[signal.signal_id] = done
+        ingress.inflight[key] = done
         try:
-            durable = await make_durable(ingress, signal)
+            durable = await make_durable(ingress, signal, deadline=exchange.started_monotonic + ANSWER_WITHIN_S)
         except Unavailable:
             return exchange.answer(503, "unavailable", {"status": "unavailable", "reason": "the signal could not be stored; please resend"})
         finally:
-            del ingress.inflight[signal.signal_id]
+            del ingress.inflight[key]
             done.set_result(None)
-        ingress.recent.put(signal.signal_id, exchange.fingerprint)
+        ingress.recent.put(key, signal.signal_id, exchange.fingerprint, now)
         if durable == "outbox":
             request.app[METRICS_KEY].outboxed.inc()
-        return exchange.answer(200, "accepted", {"status": "accepted", "signal_id": signal.signal_id}, durable=durable)
+        return exchange.answer(200, "accepted", {"status": "accepted", "signal_id": signal.signal_id}, durable=durable,
+                               keyed_by_id=payload_id is not None)
+
+
+async def guarded_webhook(request: web.Request) -> web.Response:
+    """A bug must not crash the door: the request gets a 500 (TradingView resends) and a record."""
+    try:
+        return await webhook(request)
+    except Exception:
+        log.exception("webhook failed unexpectedly")
+        exchange = Exchange(request)
+        return exchange.answer(500, "error", {"status": "error", "reason": "internal error; please resend"}, reason="internal error")
 
 
 def create_app(ingress: Ingress, registry: CollectorRegistry | None = None) -> web.Application:
@@ -173,8 +200,8 @@ def create_app(ingress: Ingress, registry: CollectorRegistry | None = None) -> w
     app = web.Application(middlewares=[tracing_middleware], client_max_size=MAX_BODY_BYTES)
     app[INGRESS_KEY] = ingress
     app[METRICS_KEY] = IngressMetrics(registry, ingress)
-    app.router.add_post("/webhook/tradingview", webhook)
-    app.router.add_post("/webhook/tradingview/{token}", webhook)
+    app.router.add_post("/webhook/tradingview", guarded_webhook)
+    app.router.add_post("/webhook/tradingview/{token}", guarded_webhook)
 
     async def readiness() -> Readiness:
         broker = not ingress.connection.is_closed

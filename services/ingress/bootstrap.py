@@ -41,7 +41,7 @@ async def build(settings: IngressSettings) -> AsyncIterator[Ingress]:
     async with contextlib.AsyncExitStack() as stack:
         infra = await open_infrastructure(stack, settings, "ingress", ("webhook_requests", "outbox"))
         publisher = await messaging.Publisher.open(infra.connection, timeout=settings.publish_timeout_s)
-        recent = RecentSignals()
+        recent = RecentSignals(resend_window_s=settings.webhook_resend_window_s)
         await recent.load(infra.db.webhook_requests)
         recorder = Recorder(infra.db.webhook_requests)
         outbox = Outbox(infra.db.outbox, publisher, timeout_s=settings.publish_timeout_s)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import orjson
 
 from shared.contracts import Action, OrderType, SignalReceivedV1
 from shared.settings import WebhookToken
@@ -18,10 +21,11 @@ SIZE_FIELDS = ("qty", "usdt", "percent")
 SUPPORTED_QUOTE = "USDT"
 _MAX_EXPONENT = 12
 _MIN_EXPONENT = -12
-_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
+# Linear on hostile input (no nested quantifier over the whole value).
+_PLACEHOLDER = re.compile(r"\{\{[^{}]{0,100}\}\}")
 _SYMBOL_CHARS = re.compile(r"^[A-Z0-9]{1,20}$")
-_ACCOUNT_CHARS = re.compile(r"^[\w-]{1,32}$")
-_ID_CHARS = re.compile(r"^[\w.:\-]{1,128}$")
+_ACCOUNT_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_ID_CHARS = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")  # ASCII: an AMQP message id holds at most 255 bytes
 
 
 # What other bridges call the same actions (WunderTrading's codes, 3Commas' enter/exit).
@@ -87,24 +91,38 @@ def check_scope(signal: SignalReceivedV1, symbols: dict[str, tuple[str, ...]], s
         raise OutOfScope(f"token '{signal.token_name}' may not send strategy {signal.strategy or '(none)'}")
 
 
-def fingerprint(token_name: str, raw_body: bytes) -> str:
-    """Identical deliveries of one alert have the same fingerprint; a different alert reusing an id does not."""
-    return hashlib.sha256(token_name.encode() + b"\n" + raw_body).hexdigest()[:32]
+def fingerprint(token_name: str, payload: dict[str, Any]) -> str:
+    """Identical deliveries of one alert have the same fingerprint; a different alert reusing an id does not.
+
+    It is taken over the alert with its token removed, so a signal id derived from it says nothing about the token.
+    """
+    try:
+        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:  # what orjson cannot write (an integer beyond 64 bits) the standard library can
+        canonical = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(token_name.encode() + b"\n" + canonical).hexdigest()[:32]
 
 
-def signal_id_for(token_name: str, raw_body: bytes, payload_id: str | None) -> str:
-    """The payload's id when given; else a hash of the token name and the raw body (a resend is byte-identical)."""
+def signal_id_for(fingerprint_: str, payload_id: str | None, first_seen_ms: int) -> str:
+    """The payload's id when given; else the alert's fingerprint and when it was first seen.
+
+    TradingView resends a failed delivery within seconds, byte-identical: those find the first delivery's id (see
+    the ingress's recent index). The same alert firing again later is a new signal and gets a new id, so a
+    strategy whose alert text never changes still trades every time.
+    """
     if payload_id is not None:
         return payload_id
-    return f"h-{fingerprint(token_name, raw_body)}"
+    return f"h-{fingerprint_[:24]}-{first_seen_ms}"
 
 
-def _check_placeholders(payload: dict[str, Any], prefix: str = "") -> None:
+def _check_placeholders(payload: dict[str, Any], prefix: str = "", depth: int = 0) -> None:
+    if depth > 5:
+        raise InvalidAlert("the alert is nested too deeply")
     for key, value in payload.items():
         if isinstance(value, dict):
-            _check_placeholders(value, f"{prefix}{key}.")
-        elif isinstance(value, str) and _PLACEHOLDER.search(value):
-            raise InvalidAlert(f"'{prefix}{key}' holds an unfilled TradingView placeholder ({_PLACEHOLDER.search(value).group(0)})")
+            _check_placeholders(value, f"{prefix}{str(key)[:40]}.", depth + 1)
+        elif isinstance(value, str) and (found := _PLACEHOLDER.search(value)):
+            raise InvalidAlert(f"'{prefix}{str(key)[:40]}' holds an unfilled TradingView placeholder ({found.group(0)[:60]})")
 
 
 def _decimal(payload: dict[str, Any], key: str, *, positive: bool = True) -> Decimal | None:
@@ -154,7 +172,10 @@ def parse_alert_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1000 if value > 1e11 else value
-        return datetime.fromtimestamp(seconds, timezone.utc)
+        try:
+            return datetime.fromtimestamp(seconds, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidAlert("'timestamp' is not a time we can read (use {{timenow}})") from None
     if isinstance(value, str):
         text = value.strip()
         if text.replace(".", "", 1).isdigit():
@@ -168,7 +189,7 @@ def parse_alert_time(value: Any) -> datetime | None:
 
 
 def build_signal(
-    payload: dict[str, Any], *, token_name: str, raw_body: bytes, received_at: datetime
+    payload: dict[str, Any], *, token_name: str, received_at: datetime, signal_id: str | None = None
 ) -> SignalReceivedV1:
     """Turn a native JSON alert (DESIGN.md) into the one normalised signal, or say what is wrong with it."""
     _check_placeholders(payload)
@@ -194,6 +215,8 @@ def build_signal(
         raise InvalidAlert(f"give exactly one size, not {' and '.join(given)}")
     if not given and action.opens:
         raise InvalidAlert("a size is missing: give one of qty (contracts), usdt (notional) or percent (of free margin)")
+    if sizes["usdt"] is not None and not action.opens:
+        raise InvalidAlert("'usdt' sizes an opening order; close by 'qty' or 'percent' (of the position), or give no size")
     if sizes["percent"] is not None and sizes["percent"] > 100:
         raise InvalidAlert("'percent' cannot be more than 100")
 
@@ -223,7 +246,7 @@ def build_signal(
         raise InvalidAlert("'account' may hold only letters, digits, _ and - (at most 32)")
 
     return SignalReceivedV1(
-        signal_id=signal_id_for(token_name, raw_body, payload_id),
+        signal_id=signal_id or signal_id_for(fingerprint(token_name, payload), payload_id, int(received_at.timestamp() * 1000)),
         account=account,
         token_name=token_name,
         symbol=symbol,

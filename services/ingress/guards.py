@@ -74,6 +74,9 @@ def source_allowed(client: str | None, allowed: tuple[Network, ...]) -> bool:
     return address is not None and _within(address, allowed)
 
 
+MIN_BURST = 5.0
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -81,7 +84,8 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per key: `rate` requests per second with a burst of one second's worth (at least 1).
+    """A token bucket per key: `rate` requests per second, with a burst of at least `MIN_BURST` (a close and an open
+    fired a millisecond apart must both pass: TradingView never resends a 429).
 
     At most `max_keys` buckets are kept (least recently used dropped), so a flood of new addresses cannot
     exhaust memory.
@@ -89,7 +93,7 @@ class RateLimiter:
 
     def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
         self.rate = rate
-        self.burst = max(1.0, rate)
+        self.burst = max(MIN_BURST, rate)
         self._clock = clock
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()

@@ -26,6 +26,8 @@ class IngressSettings(ServiceSettings):
     webhook_token_strategies: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(default_factory=dict)
     publish_timeout_s: float = Field(default=1.0, gt=0, le=2.5)
     body_timeout_s: float = Field(default=2.0, gt=0, le=10)
+    # An alert without an id, byte-identical to one accepted this recently, is a TradingView resend.
+    webhook_resend_window_s: float = Field(default=120.0, ge=0, le=3600)
 
     @field_validator("webhook_tokens", mode="before")
     @classmethod

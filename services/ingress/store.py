@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import timedelta
 
 from pymongo import ASCENDING
@@ -22,36 +22,52 @@ from shared.runtime import raise_if_cancelling
 log = logging.getLogger(__name__)
 
 RECENT_WINDOW = timedelta(hours=24)
+RESEND_WINDOW_S = 120.0  # TradingView resends a failed delivery 3 times, 5 s apart
 
 
 class RecentSignals:
-    """Signal ids this ingress accepted lately, with their fingerprints: the resend check costs no I/O."""
+    """What this ingress accepted lately, so a resend is recognised without I/O.
 
-    def __init__(self, max_entries: int = 500_000) -> None:
-        self._entries: OrderedDict[str, str] = OrderedDict()
+    An alert with an `id` is known by that id for a day. An alert without one is known by its fingerprint only for
+    TradingView's resend window: the same text firing again later is a new alert.
+    """
+
+    def __init__(self, max_entries: int = 500_000, resend_window_s: float = RESEND_WINDOW_S) -> None:
+        self._entries: OrderedDict[str, tuple[str, str, float]] = OrderedDict()  # key -> (signal_id, fingerprint, at)
         self._max = max_entries
+        self._window = resend_window_s
 
-    def get(self, signal_id: str) -> str | None:
-        return self._entries.get(signal_id)
+    @staticmethod
+    def key(payload_id: str | None, fingerprint: str) -> str:
+        return payload_id if payload_id is not None else f"fp:{fingerprint}"
 
-    def put(self, signal_id: str, fingerprint: str) -> None:
-        self._entries[signal_id] = fingerprint
-        self._entries.move_to_end(signal_id)
+    def get(self, key: str, now: float) -> tuple[str, str] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        signal_id, fingerprint, at = entry
+        if key.startswith("fp:") and now - at > self._window:
+            return None
+        return signal_id, fingerprint
+
+    def put(self, key: str, signal_id: str, fingerprint: str, at: float) -> None:
+        self._entries[key] = (signal_id, fingerprint, at)
+        self._entries.move_to_end(key)
         if len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    def discard(self, signal_id: str) -> None:
-        self._entries.pop(signal_id, None)
-
     async def load(self, requests: AsyncCollection) -> int:
-        """After a restart, the last day's accepted ids: a resend of an alert accepted before is still a resend."""
+        """After a restart, the last day's accepted alerts: a resend of one accepted before is still a resend."""
         since = utcnow() - RECENT_WINDOW
         cursor = requests.find(
-            {"result": "accepted", "at": {"$gte": since}}, {"signal_id": 1, "fingerprint": 1}, sort=[("at", ASCENDING)]
+            {"result": "accepted", "at": {"$gte": since}}, {"signal_id": 1, "fingerprint": 1, "at": 1, "keyed_by_id": 1},
+            sort=[("at", ASCENDING)],
         )
         count = 0
         async for document in cursor:
-            self.put(document["signal_id"], document["fingerprint"])
+            payload_id = document["signal_id"] if document.get("keyed_by_id") else None
+            key = self.key(payload_id, document["fingerprint"])
+            self.put(key, document["signal_id"], document["fingerprint"], document["at"].timestamp())
             count += 1
         return count
 
@@ -67,16 +83,16 @@ class Recorder:
         self._collection = collection
         self._batch = batch
         self._interval = interval_s
-        self._pending: list[dict] = []
+        self._pending: deque[dict] = deque()
         self._max_pending = max_pending
         self._wake = asyncio.Event()
         self.dropped = 0
 
     def record(self, document: dict) -> None:
-        self._pending.append(document)
-        if len(self._pending) > self._max_pending:
-            del self._pending[0]
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
             self.dropped += 1
+        self._pending.append(document)
         if len(self._pending) >= self._batch:
             self._wake.set()
 
@@ -89,7 +105,8 @@ class Recorder:
 
     async def flush(self) -> None:
         while self._pending:
-            batch = self._pending[: self._batch]
+            # Taken out before the write: records that arrive meanwhile are never confused with these.
+            batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
             try:
                 await self._collection.insert_many(batch, ordered=False)
             except BulkWriteError as error:
@@ -98,10 +115,11 @@ class Recorder:
                 first = str(errors[0].get("errmsg", ""))[:200] if errors else ""
                 log.warning("some request records were refused", extra={"refused": len(errors), "batch": len(batch), "first_error": first})
             except Exception as error:
+                room = self._max_pending - len(self._pending)
+                self._pending.extendleft(reversed(batch[-room:] if room > 0 else []))
                 raise_if_cancelling()
                 log.warning("request records not written yet", extra={"error": type(error).__name__, "pending": len(self._pending)})
                 return
-            del self._pending[: len(batch)]
 
 
 class Outbox:
@@ -127,23 +145,34 @@ class Outbox:
     async def load(self) -> None:
         self.pending = await self._collection.find_one({}, {"_id": 1}) is not None
 
-    async def put(self, signal: SignalReceivedV1) -> None:
-        """Make the signal durable in Mongo; raises when the database did not take it in time."""
+    async def put(self, signal: SignalReceivedV1, timeout_s: float) -> None:
+        """Make the signal durable in Mongo; raises when the database did not take it within `timeout_s`
+        (the wait for the relay's lock included: the caller's answer is due)."""
         document = {"_id": signal.signal_id, "seq": self._next_seq(), "body": encode(signal).decode(), "created_at": utcnow()}
-        async with self._lock:
-            await asyncio.wait_for(self._collection.insert_one(document), self._timeout)
-            self.pending = True
+        async with asyncio.timeout(max(timeout_s, 0.0)):
+            async with self._lock:
+                await self._collection.insert_one(document)
+                self.pending = True
 
     async def relay_once(self, limit: int = 200) -> int:
         """Publish waiting signals oldest first; each leaves the outbox only once the broker confirmed it."""
         async with self._lock:
-            documents = await self._collection.find({}, sort=[("seq", ASCENDING)], limit=limit).to_list(None)
+            # Bounded: requests queue behind this lock while it is held.
+            async with asyncio.timeout(self._timeout):
+                documents = await self._collection.find({}, sort=[("seq", ASCENDING)], limit=limit).to_list(None)
             if not documents:
                 self.pending = False
                 return 0
         sent = 0
         for document in documents:
-            signal = decode("SignalReceivedV1", document["body"].encode())
+            try:
+                signal = decode("SignalReceivedV1", document["body"].encode())
+            except ValueError:
+                # Unreadable (written by another version?): parked for an operator, never blocking those behind it.
+                log.error("outbox entry could not be read; parked in outbox_parked", extra={"signal_id": document["_id"]})
+                await self._collection.database.outbox_parked.replace_one({"_id": document["_id"]}, document, upsert=True)
+                await self._collection.delete_one({"_id": document["_id"]})
+                continue
             await self._publisher.publish(signal, exchange=SIGNALS_EXCHANGE, message_id=signal.signal_id, timeout=self._timeout)
             await self._collection.delete_one({"_id": document["_id"]})
             sent += 1

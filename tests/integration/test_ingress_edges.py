@@ -139,13 +139,14 @@ async def test_the_source_allowlist_believes_forwarded_for_only_from_trusted_pro
 
 
 async def test_rate_limits_per_token_and_per_address(amqp_url, mongo_uri, mongo_db_name, mongo_db):
-    async with ingress_client(amqp_url, mongo_uri, mongo_db_name, webhook_rate_limit_per_token=1) as client:
-        statuses = [(await post(client, {"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": i + 1}))[0] for i in range(3)]
+    # Rates are per second with a burst of five, so alerts fired together (a close and an open) pass.
+    async with ingress_client(amqp_url, mongo_uri, mongo_db_name, webhook_rate_limit_per_token=0.01) as client:
+        statuses = [(await post(client, {"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": i + 1}))[0] for i in range(7)]
         other = await post(client, {"token": OTHER_SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": 1})
-    assert statuses == [200, 429, 429] and other[0] == 200
-    async with ingress_client(amqp_url, mongo_uri, mongo_db_name + "b", webhook_rate_limit_per_ip=2) as client:
-        statuses = [(await post(client, {"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": i + 10}))[0] for i in range(3)]
-        assert statuses == [200, 200, 429]
+    assert statuses == [200] * 5 + [429, 429] and other[0] == 200
+    async with ingress_client(amqp_url, mongo_uri, mongo_db_name + "b", webhook_rate_limit_per_ip=0.01) as client:
+        statuses = [(await post(client, {"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": i + 10}))[0] for i in range(6)]
+        assert statuses == [200] * 5 + [429]
         body = (await post(client, {"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": 99}))[1]
     assert body == {"status": "rejected", "reason": "too many requests from this address"}
 
@@ -183,3 +184,24 @@ async def test_a_dropped_broker_link_loses_nothing_and_keeps_the_order(amqp_url,
     assert delivered == accepted  # every alert answered 200, exactly once, in order
     durable = [r["durable"] for r in await records(mongo_db, 80) if r["result"] == "accepted"]
     assert durable[:20] == ["published"] * 20 and durable[20:60] == ["outbox"] * 40  # the cut was real
+
+
+async def test_the_same_alert_text_firing_again_after_the_resend_window_is_a_new_signal(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    body = {"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": "0.01"}  # no id, no {{timenow}}
+    async with ingress_client(amqp_url, mongo_uri, mongo_db_name, webhook_resend_window_s=0) as client:
+        first = await post(client, body)
+        again = await post(client, body)
+    assert first[1]["status"] == again[1]["status"] == "accepted"
+    assert first[1]["signal_id"] != again[1]["signal_id"]
+    assert len(await queued_signals(amqp_url)) == 2
+
+
+async def test_a_forged_forwarded_for_line_before_the_proxys_own_does_not_pass_the_allowlist(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict([("Content-Type", "text/plain"), ("X-Forwarded-For", "52.89.214.238"), ("X-Forwarded-For", "203.0.113.9")])
+    async with ingress_client(amqp_url, mongo_uri, mongo_db_name, webhook_allowed_sources="tradingview",
+                              webhook_trusted_proxies="127.0.0.1") as client:
+        response = await client.post(WEBHOOK, data=orjson.dumps({"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": 1}),
+                                     headers=headers)
+    assert response.status == 403

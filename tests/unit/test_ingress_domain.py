@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingress.domain import InvalidAlert, build_signal, match_token, normalize_symbol, signal_id_for
+from services.ingress.domain import InvalidAlert, build_signal, fingerprint, match_token, normalize_symbol, signal_id_for
 from shared.settings import parse_webhook_tokens
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
@@ -34,15 +34,23 @@ def test_match_token_finds_the_right_name_and_refuses_near_misses():
     assert match_token(None, tokens) is None
 
 
-def test_signal_id_is_the_payload_id_or_a_stable_hash():
-    assert signal_id_for("main", b"{}", "abc") == "abc"
-    assert signal_id_for("main", b"{}", None) == signal_id_for("main", b"{}", None)
-    assert signal_id_for("main", b"{}", None) != signal_id_for("other", b"{}", None)
-    assert signal_id_for("main", b"{}", None) != signal_id_for("main", b"{} ", None)
+def test_signal_id_is_the_payload_id_or_the_fingerprint_and_first_sighting():
+    alert = {"symbol": "BTCUSDT.P", "action": "buy", "qty": 1}
+    fp = fingerprint("main", alert)
+    assert signal_id_for(fp, "abc", 1) == "abc"
+    assert signal_id_for(fp, None, 1) == f"h-{fp[:24]}-1" != signal_id_for(fp, None, 2)
+    assert fp == fingerprint("main", dict(reversed(list(alert.items()))))  # key order does not matter
+    assert fp != fingerprint("other", alert) and fp != fingerprint("main", {**alert, "qty": 2})
+
+
+def test_the_fingerprint_says_nothing_about_the_token():
+    from services.ingress.formats import parse_body
+
+    assert fingerprint("main", parse_body(b'{"token": "weak", "a": 1}').payload) == fingerprint("main", {"a": 1})
 
 
 def signal(**payload):
-    return build_signal(payload, token_name="main", raw_body=b"x", received_at=NOW)
+    return build_signal(payload, token_name="main", received_at=NOW)
 
 
 def test_a_full_native_alert_is_normalised():
@@ -72,6 +80,11 @@ def test_a_close_needs_no_size_and_max_lag_is_capped():
         ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "timestamp": "yesterday"}, "'timestamp' is not a time"),
         ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "account": "a.b"}, "'account' may hold only"),
         ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "id": "a b"}, "'id' may hold only"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "id": "é" * 100}, "'id' may hold only"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "timestamp": 99999999999999999999}, "'timestamp' is not a time"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "timestamp": -1e15}, "'timestamp' is not a time"),
+        ({"symbol": "BTCUSDT", "action": "close_long", "usdt": 100}, "'usdt' sizes an opening order"),
+        ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "x": {"a": {"b": {"c": {"d": {"e": {"f": {}}}}}}}}, "nested too deeply"),
     ],
 )
 def test_bad_alerts_are_refused_with_the_reason(payload, reason):
@@ -92,3 +105,12 @@ def test_any_payload_becomes_a_signal_or_a_clear_refusal(payload):
         assert str(error)
     else:
         assert result.symbol.endswith("/USDT:USDT")
+
+
+def test_a_hostile_placeholder_is_refused_quickly_and_not_echoed_whole():
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(InvalidAlert) as error:
+        signal(symbol="BTCUSDT", action="buy", qty=1, strategy="{{" * 20000 + "x}}")
+    assert time.perf_counter() - started < 0.5 and len(str(error.value)) < 200
