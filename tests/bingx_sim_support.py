@@ -34,6 +34,8 @@ async def running_sim(
     store: AccountStore | None = None,
     mongo_uri: str | None = None,
     mongo_db: str = "tvtb",
+    seed: int | None = None,
+    walk_volatility: str = "0.001",
 ) -> AsyncIterator[str]:
     """Serve a fresh simulator on 127.0.0.1 (a port the OS picks) and yield its base URL, `http://127.0.0.1:PORT`."""
     settings = BingxSimSettings(
@@ -49,6 +51,9 @@ async def running_sim(
         # Explicit, so a MONGO_URI in the test environment never makes a test's simulator persist.
         mongo_uri=SecretStr(mongo_uri) if mongo_uri else None,
         mongo_db=mongo_db,
+        # The walk's timer stays off: a test takes steps itself through POST /_sim/walk.
+        bingx_sim_seed=seed,
+        bingx_sim_walk_volatility=Decimal(walk_volatility),
     )
     runner = web.AppRunner(build_app(settings, clock=clock, store=store), access_log=None)
     await runner.setup()

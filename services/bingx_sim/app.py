@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -20,6 +21,7 @@ from services.bingx_sim.engine import (
 from services.bingx_sim.faults import RATE_LIMIT_CODE, RATE_LIMIT_MSG, Fault, FaultBook, RateLimiter
 from services.bingx_sim.settings import BingxSimSettings
 from services.bingx_sim.store import AccountStore, MongoAccountStore
+from services.bingx_sim.walk import run_walk, walk_step
 from shared import mongo
 
 log = logging.getLogger("bingx_sim")
@@ -47,6 +49,10 @@ class Sim:
     faults: FaultBook = field(default_factory=FaultBook)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     store: AccountStore | None = None
+    # The random walk: its seed, the size of a step, and how many steps it has taken (the next step's number).
+    walk_seed: int = 0
+    walk_volatility: Decimal = Decimal("0.001")
+    walk_steps: int = 0
     _save_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +89,27 @@ class Sim:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    async def apply_prices(self, prices: dict[str, Decimal], now: int) -> None:
+        """Move marks for every account and run what they cross; ValueError (nothing changed) for a bad price."""
+        self.engine.set_prices(prices, now)  # first, so a refused price changes no account
+        for account in self.accounts.values():
+            liquidated = len(account.engine.liquidations)
+            if account.engine is not self.engine:
+                account.engine.set_prices(prices, now)
+            for liquidation in account.engine.liquidations[liquidated:]:
+                log.warning("account %s: liquidated %s %s %s at %s, lost %s USDT", account.api_key[:4] + "...",
+                            liquidation.symbol, liquidation.side, _s(liquidation.qty), _p(liquidation.mark_price),
+                            _s(liquidation.lost))
+        await self.save(self.accounts.values())  # a move can fill, stop or liquidate in any account
+
+    async def walk(self) -> dict[str, Decimal]:
+        """One step of the seeded random walk, applied exactly as POST /_sim/prices would apply it."""
+        prices = walk_step(self.engine.prices, self.walk_seed, self.walk_steps, self.walk_volatility)
+        self.walk_steps += 1
+        await self.apply_prices(prices, self.now_ms())
+        log.debug("random walk step %d: %s", self.walk_steps, {s: _p(p) for s, p in self.engine.prices.items()})
+        return self.engine.prices
 
     def authenticate(self, raw_query: str, api_key_sent: str | None, now: int) -> SimAccount:
         account = self.accounts.get(api_key_sent or "")
@@ -313,8 +340,8 @@ def get_positions(engine: Engine, params: Params, now: int) -> Any:
     return [position_view(v) for v in engine.positions(params.get("symbol") or None)]
 
 
-def place_order(engine: Engine, params: Params, now: int) -> Any:
-    request = OrderRequest(
+def _order_request(params: Params) -> OrderRequest:
+    return OrderRequest(
         symbol=_required(params, "symbol"), side=_required(params, "side"), type=_required(params, "type"),
         position_side=params.get("positionSide") or None, quantity=_decimal(params, "quantity"),
         price=_decimal(params, "price"), stop_price=_decimal(params, "stopPrice"),
@@ -324,10 +351,33 @@ def place_order(engine: Engine, params: Params, now: int) -> Any:
         stop_loss=params.get("stopLoss") or None, take_profit=params.get("takeProfit") or None,
         price_rate=_decimal(params, "priceRate"),
     )
-    order = engine.place_order(request, now)
+
+
+def place_order(engine: Engine, params: Params, now: int) -> Any:
+    order = engine.place_order(_order_request(params), now)
     log.info("order %s %s %s %s %s qty=%s status=%s avg=%s", order.order_id, order.symbol, order.side,
              order.position_side, order.type, _s(order.orig_qty), order.status, _p(order.avg_price))
     return {"order": created_order_view(order)}
+
+
+def place_test_order(engine: Engine, params: Params, now: int) -> Any:
+    """POST /trade/order/test: the same checks and answer as a real order, and nothing placed."""
+    order = engine.place_order(_order_request(params), now, test=True)
+    return {"order": created_order_view(order)}
+
+
+def close_position(engine: Engine, params: Params, now: int) -> Any:
+    """POST /v1/trade/closePosition: market-close one position by id; answers as reference §4.1 shows."""
+    position_id = _int(params, "positionId")
+    if position_id is None:
+        raise bad_parameter("positionId is required")
+    order, position = engine.close_position(position_id, now)
+    log.info("position %s %s %s closed by order %s", position_id, position.symbol, position.side, order.order_id)
+    return {
+        "orderId": order.order_id, "positionId": str(position_id), "symbol": position.symbol,
+        "side": "Ask" if order.side == "SELL" else "Bid", "type": "Market", "positionSide": order.position_side,
+        "origQty": _s(order.orig_qty),
+    }
 
 
 def _lookup(params: Params) -> tuple[str | None, int | None, str | None]:
@@ -453,6 +503,7 @@ ENDPOINTS: tuple[tuple[str, str, Handler, bool], ...] = (
     ("POST", "swap/v1/positionSide/dual", set_position_mode, True),
     ("GET", "swap/v2/user/positions", get_positions, True),
     ("POST", "swap/v2/trade/order", place_order, True),
+    ("POST", "swap/v2/trade/order/test", place_test_order, True),
     ("GET", "swap/v2/trade/order", get_order, True),
     ("DELETE", "swap/v2/trade/order", cancel_order, True),
     ("GET", "swap/v2/trade/openOrders", get_open_orders, True),
@@ -463,6 +514,7 @@ ENDPOINTS: tuple[tuple[str, str, Handler, bool], ...] = (
     ("GET", "swap/v2/trade/marginType", get_margin_type, True),
     ("POST", "swap/v2/trade/marginType", set_margin_type, True),
     ("POST", "swap/v2/trade/closeAllPositions", close_all_positions, True),
+    ("POST", "swap/v1/trade/closePosition", close_position, True),
     ("GET", "swap/v2/trade/allFillOrders", get_fills, True),
     # Live (non-sandbox) ccxt also loads coin-margined and spot markets and the wallet's currencies.
     ("GET", "cswap/v1/market/contracts", empty_list, False),
@@ -624,21 +676,24 @@ async def admin_prices(request: web.Request) -> web.Response:
     sim = request.app[SIM]
     try:
         prices = _prices_from(await _json_object(request))
-        now = sim.now_ms()
-        sim.engine.set_prices(prices, now)  # first, so a refused price changes no account
+        await sim.apply_prices(prices, sim.now_ms())
     except ValueError as error:
         return _bad_request(str(error))
-    for account in sim.accounts.values():
-        liquidated = len(account.engine.liquidations)
-        if account.engine is not sim.engine:
-            account.engine.set_prices(prices, now)
-        for liquidation in account.engine.liquidations[liquidated:]:
-            log.warning("account %s: liquidated %s %s %s at %s, lost %s USDT", account.api_key[:4] + "...",
-                        liquidation.symbol, liquidation.side, _s(liquidation.qty), _p(liquidation.mark_price),
-                        _s(liquidation.lost))
     log.info("prices set: %s", {s: _p(p) for s, p in sim.engine.prices.items()})
-    await sim.save(sim.accounts.values())  # a move can fill, stop or liquidate in any account
     return web.json_response({"prices": {s: _p(p) for s, p in sim.engine.prices.items()}})
+
+
+async def admin_walk(request: web.Request) -> web.Response:
+    """GET shows the random walk; POST `{"steps": N}` (default 1) takes N steps now, timer or not."""
+    sim = request.app[SIM]
+    if request.method == "POST":
+        steps = (await _json_object(request)).get("steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10_000:
+            return _bad_request("steps must be an integer from 1 to 10000")
+        for _ in range(steps):
+            await sim.walk()
+    return web.json_response({"seed": sim.walk_seed, "volatility": str(sim.walk_volatility), "steps": sim.walk_steps,
+                              "prices": {s: _p(p) for s, p in sim.engine.prices.items()}})
 
 
 async def admin_reset(request: web.Request) -> web.Response:
@@ -724,8 +779,10 @@ def build_app(settings: BingxSimSettings, *, clock: Callable[[], float] = time.t
 
     engine = new_engine(settings.bingx_sim_balance_usdt, 0)
     app = web.Application()
+    seed = settings.bingx_sim_seed if settings.bingx_sim_seed is not None else random.SystemRandom().randrange(2**31)
     sim = Sim(engine, settings.bingx_api_key.get_secret_value(), settings.bingx_api_secret.get_secret_value(), clock,
-              rate_limiter=RateLimiter(enabled=settings.bingx_sim_rate_limit))
+              rate_limiter=RateLimiter(enabled=settings.bingx_sim_rate_limit),
+              walk_seed=seed, walk_volatility=settings.bingx_sim_walk_volatility)
     for index, spec in enumerate(settings.extra_accounts(), start=1):
         sim.accounts[spec.api_key] = SimAccount(spec.api_key, spec.api_secret, new_engine(spec.balance, index))
     if store is None and settings.mongo_uri is not None:
@@ -742,6 +799,20 @@ def build_app(settings: BingxSimSettings, *, clock: Callable[[], float] = time.t
         await sim.load()
 
     app.on_startup.append(restore)
+    if settings.bingx_sim_random_walk:
+        log.info("random walk on: seed %s, a step every %s s, volatility %s", seed, settings.bingx_sim_walk_interval_s,
+                 settings.bingx_sim_walk_volatility)
+
+        async def walk_in_background(app: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(run_walk(sim.walk, settings.bingx_sim_walk_interval_s))
+            yield
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+        app.cleanup_ctx.append(walk_in_background)
     app[SIM] = sim
     for method, path, handler, signed in ENDPOINTS:
         app.router.add_route(method, f"/openApi/{path}", _door(handler, signed))
@@ -749,6 +820,8 @@ def build_app(settings: BingxSimSettings, *, clock: Callable[[], float] = time.t
     app.router.add_get("/_sim/state", admin_state)
     app.router.add_post("/_sim/prices", admin_prices)
     app.router.add_post("/_sim/reset", admin_reset)
+    app.router.add_route("GET", "/_sim/walk", admin_walk)
+    app.router.add_route("POST", "/_sim/walk", admin_walk)
     app.router.add_route("GET", "/_sim/faults", admin_faults)
     app.router.add_route("POST", "/_sim/faults", admin_faults)
     app.router.add_route("DELETE", "/_sim/faults", admin_faults)

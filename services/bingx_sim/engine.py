@@ -648,8 +648,26 @@ class Engine:
             ids.append(self.place_order(request, now).order_id)
         return ids
 
-    def place_order(self, request: OrderRequest, now: int) -> Order:
-        """Validate as BingX does, then fill a MARKET (or marketable LIMIT) order at the mark, or let it rest."""
+    def close_position(self, position_id: int, now: int) -> tuple[Order, Position]:
+        """Market-close one whole position by its id (POST /v1/trade/closePosition); 80017 if there is none."""
+        for (symbol, side), position in self._book.positions.items():
+            if position.position_id == position_id:
+                break
+        else:
+            raise BingxError(80017, "position not exist")
+        hedged = self._book.hedged
+        request = OrderRequest(
+            symbol=symbol, side="SELL" if side == "LONG" else "BUY", type="MARKET",
+            position_side=side if hedged else "BOTH", quantity=position.qty, reduce_only=None if hedged else True,
+        )
+        return self.place_order(request, now), position
+
+    def place_order(self, request: OrderRequest, now: int, *, test: bool = False) -> Order:
+        """Validate as BingX does, then fill a MARKET (or marketable LIMIT) order at the mark, or let it rest.
+
+        With `test` (POST /trade/order/test) every check runs but nothing is placed: the order that would have been
+        created is returned as it stood before any fill, and the account is untouched.
+        """
         market = self.market(request.symbol)
         side = request.side.upper()
         if side not in ("BUY", "SELL"):
@@ -668,6 +686,20 @@ class Engine:
 
         mark = self._book.prices[market.symbol]
         reference = price if order_type == "LIMIT" else mark
+        if attached:
+            # Attached protection guards the position the order opens, measured from where it opens it.
+            entry = price if order_type in PRICED_TYPES else (stop_price or mark)
+            for attachment in attached:
+                self._check_trigger_side(attachment.type, attachment.stop_price, "LONG" if side == "BUY" else "SHORT",
+                                         entry, "order")
+        if order_type in CLOSING_TYPES:
+            if self._book.hedged:
+                protected = position_side
+            else:
+                protected = "LONG" if side == "SELL" else "SHORT"
+            if request.close_position:
+                self._check_no_position_protection(market.symbol, order_type, protected)
+            self._check_trigger_side(order_type, stop_price, protected, mark, "current")
         reduce_only = bool(request.reduce_only) and not self._book.hedged
         # First only to learn which position the order would close; the real split needs the quantity.
         target = self._plan(market.symbol, side, position_side, Decimal(0), close_only=False)
@@ -701,6 +733,7 @@ class Engine:
                 raise BingxError(101204, "Insufficient margin")
 
         order = Order(
+            # A test order takes an id too, so no real order ever shows the id a test answer showed.
             order_id=self._new_id(), symbol=market.symbol, side=side, position_side=position_side,
             type=order_type, orig_qty=qty, price=price, stop_price=stop_price, time=now, update_time=now,
             leverage=leverage, client_order_id=client_order_id or "", reduce_only=reduce_only,
@@ -709,6 +742,8 @@ class Engine:
             stop_loss=request.stop_loss or "", take_profit=request.take_profit or "",
             frozen_margin=frozen, only_one_position=not self._book.hedged, trigger_above=stop_price > mark,
         )
+        if test:
+            return order
         self._book.orders.append(order)
         self._book.orders_by_id[order.order_id] = order
         if client_order_id:
@@ -760,6 +795,42 @@ class Engine:
             raise BingxError(101400, f"The minimum order amount is {market.min_qty} {market.base}.")
         if opening and qty * reference < market.min_notional:
             raise BingxError(101400, f"The order's minimum nominal value must be greater than {market.min_notional}u.")
+
+    @staticmethod
+    def _check_trigger_side(order_type: str, trigger: Decimal, protected: str, reference: Decimal, what: str) -> None:
+        """A stop-loss must sit on the losing side of `reference` and a take-profit on the winning side, as BingX says.
+
+        110411 is a stop-loss on the wrong side, 110412 a take-profit on the wrong side, 110413 a trigger at the price.
+        """
+        long = protected == "LONG"
+        if order_type in STOP_TYPES:
+            kind, code, below = "stop loss", 110411, long
+        elif order_type in TAKE_PROFIT_TYPES:
+            kind, code, below = "take profit", 110412, not long
+        else:
+            return
+        if trigger == reference:
+            raise BingxError(110413, f"The {kind} trigger price cannot be equal to the {what} price {reference}")
+        if (trigger > reference) if below else (trigger < reference):
+            relation = "lower" if below else "higher"
+            side = "long" if long else "short"
+            raise BingxError(code, f"The {kind} trigger price of a {side} position must be {relation} than the "
+                                   f"{what} price {reference}")
+
+    def _check_no_position_protection(self, symbol: str, order_type: str, protected: str) -> None:
+        """A position has at most one whole-position (closePosition) stop-loss and one take-profit."""
+        family = STOP_TYPES if order_type in STOP_TYPES else TAKE_PROFIT_TYPES
+        for order in self.open_orders(symbol):
+            if not (order.close_position and order.type in family):
+                continue
+            if self._book.hedged:
+                same = order.position_side == protected
+            else:
+                same = order.side == ("SELL" if protected == "LONG" else "BUY")
+            if same:
+                if family is STOP_TYPES:
+                    raise BingxError(110406, "The position already has a stop loss order, please cancel it first")
+                raise BingxError(110407, "The position already has a take profit order, please cancel it first")
 
     def _position_side(self, request: OrderRequest) -> str:
         given = (request.position_side or "").upper()

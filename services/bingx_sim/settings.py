@@ -102,6 +102,11 @@ class BingxSimSettings(BaseSettings):
     bingx_sim_accounts_file: Path | None = None
     # BingX's 5/s per account on the order endpoints; off by default so tests and paper trading are not throttled.
     bingx_sim_rate_limit: bool = False
+    # An optional seeded random walk of every price, one step per interval; each step runs the triggers.
+    bingx_sim_random_walk: bool = False
+    bingx_sim_seed: int | None = None  # None: a random seed, logged at start so the path can be replayed
+    bingx_sim_walk_interval_s: float = Field(default=1.0, gt=0, le=86400)
+    bingx_sim_walk_volatility: Decimal = Field(default=Decimal("0.001"), gt=0, le=Decimal("0.5"), allow_inf_nan=False)
     # With a MongoDB the accounts survive a restart (a paper account kept for weeks); without, they live in memory.
     mongo_uri: SecretStr | None = None
     mongo_db: str = "tvtb"
