@@ -40,7 +40,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "signal_conflicts": [IndexModel([("signal_id", ASCENDING)])],
     "control_history": [IndexModel([("version", DESCENDING)], unique=True)],
     "webhook_requests": [
-        IndexModel([("at", DESCENDING)]),
+        # Kept 30 days: a flood of refused requests must not fill the disk for ever.
+        IndexModel([("at", ASCENDING)], expireAfterSeconds=30 * 24 * 3600),
         IndexModel([("result", ASCENDING), ("at", DESCENDING)]),
         IndexModel([("signal_id", ASCENDING)]),
     ],

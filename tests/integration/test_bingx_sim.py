@@ -27,15 +27,9 @@ async def venue(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, ccxt
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[tuple[str, ccxt.bingx]]:
-    """One mode is enough where the mode cannot matter (everything but market loading is the same requests)."""
-    async with running_sim() as base_url:
-        exchange = make_ccxt(base_url, "k", "s", sandbox=True)
-        try:
-            await exchange.load_markets()
-            yield base_url, exchange
-        finally:
-            await exchange.close()
+async def sim(venue: tuple[str, ccxt.bingx]) -> AsyncIterator[tuple[str, ccxt.bingx]]:
+    """Every call in both of ccxt's URL modes: sandbox (VST demo URLs) and live (with the extra market requests)."""
+    yield venue
 
 
 async def admin(base_url: str, method: str, path: str, body: object = None) -> tuple[int, dict]:
@@ -278,3 +272,11 @@ async def test_reference_vector_over_http() -> None:
                 refused = await response.json()
     assert (body["code"], body["data"][0]["asset"], body["timestamp"]) == (0, "USDT", 1700000000000)
     assert (refused["code"], refused["msg"]) == (100001, "Signature verification failed due to signature mismatch")
+
+
+async def test_fetch_position_of_one_symbol(sim: tuple[str, ccxt.bingx]) -> None:
+    _, exchange = sim
+    await exchange.create_order(BTC, "market", "buy", 0.01)
+    position = await exchange.fetch_position(BTC)
+    assert position["symbol"] == BTC and position["side"] == "long" and position["contracts"] == 0.01
+    assert position["entryPrice"] == 60000
