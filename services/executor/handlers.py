@@ -185,6 +185,10 @@ async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> OrderPlan | Not
         raise CannotPlace(f"{signal.symbol} is not trading at BingX right now")
     if signal.order_type.value != "market":
         raise CannotPlace("limit orders are not supported yet")
+    unsupported = [name for name in ("tp", "sl", "tp_pct", "sl_pct", "leverage", "margin_mode") if getattr(signal, name) is not None]
+    if unsupported:
+        # Never place an entry without the protection or the leverage the trader asked for.
+        raise CannotPlace(f"{', '.join(unsupported)} not supported yet: the order was not placed")
     if signal.action.opens and not signal.reduce_only:
         price = await deps.exchange.price(signal.symbol)
         free = await deps.exchange.free_margin() if signal.percent is not None else Decimal(0)

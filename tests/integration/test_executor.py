@@ -237,6 +237,8 @@ async def test_closing_never_opens_the_other_side(amqp_url, mongo_uri, mongo_db_
         ({"qty": Decimal("100")}, "Insufficient margin"),
         ({"qty": Decimal("0.00001")}, "rounds to zero"),
         ({"symbol": "NOPE/USDT:USDT", "qty": Decimal("1")}, "not a perpetual market"),
+        ({"qty": Decimal("0.01"), "sl": Decimal("55000")}, "sl not supported yet: the order was not placed"),
+        ({"qty": Decimal("0.01"), "leverage": 20}, "leverage not supported yet"),
     ],
 )
 async def test_an_order_that_cannot_be_placed_fails_with_the_reason(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, fields, reason):
