@@ -9,8 +9,10 @@ from decimal import Decimal
 
 import aio_pika
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from services.executor import domain
+from services.executor.app import create_app
 from services.executor.bootstrap import build
 from services.executor.consumers import consuming
 from services.executor.settings import ExecutorSettings
@@ -180,10 +182,16 @@ async def test_no_signal_is_consumed_before_the_kill_switch_state_is_known(amqp_
     async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
         waiting = await h.send(qty=Decimal("0.01"))
         await wait_for(lambda: _exchange_ready(h), what="the executor to reach the venue")
-        assert not h.consumer.consuming
-        assert await mongo_db.signals.find_one({"_id": waiting.signal_id}) is None
-        await h.set_mode(KillSwitchMode.RUNNING)
-        assert (await h.settled(waiting))["status"] == "placed"
+        async with TestClient(TestServer(create_app(h.executor, h.consumer))) as client:
+            response = await client.get("/readyz")
+            body = await response.json()
+            assert response.status == 503 and body["killswitch"] == {"known": False} and body["consuming"] is False
+            assert not h.consumer.consuming
+            assert await mongo_db.signals.find_one({"_id": waiting.signal_id}) is None
+            await h.set_mode(KillSwitchMode.RUNNING)
+            assert (await h.settled(waiting))["status"] == "placed"
+            response = await client.get("/readyz")
+            assert response.status == 200 and (await response.json())["killswitch"]["mode"] == "running"
 
 
 async def _exchange_ready(h: Harness) -> bool:
