@@ -82,3 +82,15 @@ def make_ccxt(base_url: str, api_key: str, api_secret: str, sandbox: bool) -> cc
     sections = set(CCXT_API_SECTIONS) | set(exchange.urls["api"])
     exchange.urls["api"] = {section: f"{base_url}/openApi" for section in sections}
     return exchange
+
+
+@asynccontextmanager
+async def connected_sim(*, sandbox: bool = True, api_key: str = "k", api_secret: str = "s", **sim_options) -> AsyncIterator[tuple[str, ccxt.bingx]]:
+    """A running simulator and a ccxt client with its markets loaded: what most simulator tests start from."""
+    async with running_sim(api_key=api_key, api_secret=api_secret, **sim_options) as base_url:
+        exchange = make_ccxt(base_url, api_key, api_secret, sandbox=sandbox)
+        try:
+            await exchange.load_markets()
+            yield base_url, exchange
+        finally:
+            await exchange.close()

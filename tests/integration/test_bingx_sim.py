@@ -9,7 +9,7 @@ import aiohttp
 import ccxt.async_support as ccxt
 import pytest
 
-from tests.bingx_sim_support import make_ccxt, running_sim
+from tests.bingx_sim_support import connected_sim, make_ccxt, running_sim
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -17,13 +17,8 @@ ETH = "ETH/USDT:USDT"
 
 @pytest.fixture(params=[True, False], ids=["sandbox", "live"])
 async def venue(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, ccxt.bingx]]:
-    async with running_sim() as base_url:
-        exchange = make_ccxt(base_url, "k", "s", sandbox=request.param)
-        try:
-            await exchange.load_markets()
-            yield base_url, exchange
-        finally:
-            await exchange.close()
+    async with connected_sim(sandbox=request.param) as connected:
+        yield connected
 
 
 @pytest.fixture

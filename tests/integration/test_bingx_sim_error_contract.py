@@ -12,7 +12,7 @@ import aiohttp
 import ccxt.async_support as ccxt
 import pytest
 
-from tests.bingx_sim_support import make_ccxt, running_sim
+from tests.bingx_sim_support import connected_sim, make_ccxt
 
 BTC = "BTC/USDT:USDT"
 SOL = "SOL/USDT:USDT"
@@ -39,13 +39,8 @@ class Venue:
 
 @pytest.fixture
 async def venue() -> AsyncIterator[Venue]:
-    async with running_sim() as base_url:
-        exchange = make_ccxt(base_url, "k", "s", sandbox=True)
-        try:
-            await exchange.load_markets()
-            yield Venue(base_url, exchange)
-        finally:
-            await exchange.close()
+    async with connected_sim() as (base_url, exchange):
+        yield Venue(base_url, exchange)
 
 
 Scenario = Callable[[Venue], Awaitable[object]]

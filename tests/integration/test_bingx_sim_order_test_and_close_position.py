@@ -8,7 +8,7 @@ import aiohttp
 import ccxt.async_support as ccxt
 import pytest
 
-from tests.bingx_sim_support import make_ccxt, running_sim
+from tests.bingx_sim_support import connected_sim
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -16,13 +16,8 @@ ETH = "ETH/USDT:USDT"
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[str, ccxt.bingx]]:
-    async with running_sim() as base_url:
-        client = make_ccxt(base_url, "k", "s", sandbox=True)
-        try:
-            await client.load_markets()
-            yield base_url, client
-        finally:
-            await client.close()
+    async with connected_sim() as connected:
+        yield connected
 
 
 async def state(base_url: str) -> dict:

@@ -8,20 +8,15 @@ from typing import Any
 import ccxt.async_support as ccxt
 import pytest
 
-from tests.bingx_sim_support import make_ccxt, running_sim
+from tests.bingx_sim_support import connected_sim
 
 BTC = "BTC/USDT:USDT"
 
 
 @pytest.fixture
 async def exchange() -> AsyncIterator[ccxt.bingx]:
-    async with running_sim() as base_url:
-        client = make_ccxt(base_url, "k", "s", sandbox=True)
-        try:
-            await client.load_markets()
-            yield client
-        finally:
-            await client.close()
+    async with connected_sim() as (_, client):
+        yield client
 
 
 async def refused(call: Any, code: int) -> str:

@@ -8,20 +8,15 @@ import aiohttp
 import ccxt.async_support as ccxt
 import pytest
 
-from tests.bingx_sim_support import make_ccxt, running_sim
+from tests.bingx_sim_support import connected_sim
 
 BTC = "BTC/USDT:USDT"
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[str, ccxt.bingx]]:
-    async with running_sim() as base_url:
-        exchange = make_ccxt(base_url, "k", "s", sandbox=True)
-        try:
-            await exchange.load_markets()
-            yield base_url, exchange
-        finally:
-            await exchange.close()
+    async with connected_sim() as connected:
+        yield connected
 
 
 async def move(base_url: str, price: str) -> None:
