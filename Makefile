@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 .PHONY: help venv test test-unit test-integration test-e2e run up down bench clean
 
 help:
-	@echo "make up      run the whole stack with docker compose (needs a .env: cp .env.example .env)"
+	@echo "make up      run the whole stack with docker compose (paper mode; creates .env from .env.example if missing)"
 	@echo "make test    create .venv, make sure RabbitMQ answers, start a test MongoDB, run every test"
 	@echo "make run     run the stack on local servers without Docker (paper trading at the simulator)"
 
@@ -49,8 +49,10 @@ bench: venv
 	@command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; }
 	$(PY) -m tests.bench.ingress_bench $(BENCH_ARGS)
 
+# A fresh clone runs in paper mode at once: .env starts as a copy of .env.example (paper trading at the simulator,
+# placeholder secrets). Fill in real values before leaving paper mode.
 up:
-	@test -f .env || { echo "no .env: cp .env.example .env and fill it in"; exit 1; }
+	@test -f .env || { cp .env.example .env; echo "created .env from .env.example (paper mode; change the change-me values)"; }
 	docker compose up --build
 
 down:

@@ -7,8 +7,11 @@ from urllib.parse import urlsplit
 from enum import StrEnum
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+PLACEHOLDER = "change-me"
 
 
 class TradingMode(StrEnum):
@@ -76,6 +79,24 @@ class ServiceSettings(BaseSettings):
             if password:
                 values.append(password)
         return values
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_with_real_money(self) -> "ServiceSettings":
+        """.env.example's `change-me` values run paper trading; with demo or live keys they would be an open door."""
+        if self.trading_mode is TradingMode.PAPER:
+            return self
+        placeholders = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = value if isinstance(value, tuple) else (value,)
+            for item in items:
+                secret = item.secret if isinstance(item, WebhookToken) else item
+                if isinstance(secret, SecretStr) and secret.get_secret_value().lower().startswith(PLACEHOLDER):
+                    placeholders.append(name.upper())
+        if placeholders:
+            raise ValueError(f"{', '.join(sorted(set(placeholders)))} still hold the {PLACEHOLDER} placeholder: "
+                             f"set real secrets before TRADING_MODE={self.trading_mode.value}")
+        return self
 
     @field_validator("log_level")
     @classmethod

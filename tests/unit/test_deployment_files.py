@@ -523,3 +523,15 @@ def test_overlay_builds_with_kustomize(overlay):
         assert "bingx-sim" not in deployments and deployments["executor"]["spec"]["replicas"] == 2
     else:
         assert set(deployments) == set(APP_PORTS)
+
+
+@pytest.mark.parametrize("settings_class", [IngressSettings, ExecutorSettings, NotifierSettings, ControlSettings, BingxSimSettings])
+def test_every_service_starts_on_the_env_example_as_it_is(settings_class, monkeypatch):
+    """`make up` on a fresh clone copies .env.example to .env: every service must accept it (paper mode)."""
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            monkeypatch.setenv(name.strip(), value.strip())
+    monkeypatch.setenv("MONGO_URI", "mongodb://mongodb:27017/?replicaSet=rs0")  # set by docker-compose.yml
+    settings = settings_class()
+    assert getattr(settings, "trading_mode", "paper") == "paper"

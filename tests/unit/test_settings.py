@@ -34,6 +34,10 @@ def run_service(name: str, env: dict[str, str]) -> subprocess.CompletedProcess:
          "AMQP_URL: must start with amqp:// or amqps://"),
         ("notifier", {**BASE, "TELEGRAM_BOT_TOKEN": "123:s3cr3t"}, "TELEGRAM_API_ID, TELEGRAM_API_HASH missing"),
         ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "TRADING_MODE": "yolo"}, "TRADING_MODE: Input should be 'paper', 'demo' or 'live'"),
+        ("executor", {**BASE, "TRADING_MODE": "live", "BINGX_API_KEY": "k3y", "BINGX_API_SECRET": "change-me"},
+         "BINGX_API_SECRET still hold the change-me placeholder: set real secrets before TRADING_MODE=live"),
+        ("ingress", {**BASE, "TRADING_MODE": "demo", "WEBHOOK_TOKENS": "a:s3cr3t,tv:change-me"},
+         "WEBHOOK_TOKENS still hold the change-me placeholder"),
         ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "WEBHOOK_TOKEN_SYMBOLS": "b=BTCUSDT.P"},
          "WEBHOOK_TOKEN_SYMBOLS names tokens that WEBHOOK_TOKENS does not have: b"),
         ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "WEBHOOK_ALLOWED_SOURCES": "tradingview,example.com"},
@@ -82,3 +86,11 @@ def test_notifier_without_telegram_uses_the_log(monkeypatch):
     for name, value in BASE.items():
         monkeypatch.setenv(name, value)
     assert load_settings(NotifierSettings, "notifier").telegram_enabled is False
+
+
+def test_placeholder_secrets_run_paper_trading(monkeypatch):
+    for name, value in {**BASE, "CONTROL_API_TOKEN": "change-me-control-api-token"}.items():
+        monkeypatch.setenv(name, value)
+    from services.control.settings import ControlSettings
+
+    assert load_settings(ControlSettings, "control").control_api_token.get_secret_value().startswith("change-me")
