@@ -94,6 +94,30 @@ class SignalReceivedV1(Message):
         return f"{self.account}.{self.symbol.split(':')[0].replace('/', '-')}"
 
 
+class SignalBatchV1(Message):
+    """Signals one ingress accepted together, in the order it accepted them, under one publish and one confirm.
+
+    Under load the ingress commits a group at a time (see services/ingress/durable.py); a group of one travels as a
+    plain SignalReceivedV1. Every signal of a batch has the same routing key, so a batch never mixes shards, and
+    carries its own trace context in `traces` (W3C headers, by position).
+    """
+
+    TYPE: ClassVar[str] = "SignalBatchV1"
+
+    signals: tuple[SignalReceivedV1, ...] = Field(min_length=1)
+    traces: tuple[dict[str, str], ...] = ()
+
+    def routing_key(self) -> str:
+        return self.signals[0].routing_key()
+
+    def correlation_id(self) -> str | None:
+        return None
+
+    def entries(self) -> list[tuple[SignalReceivedV1, dict[str, str]]]:
+        traces = self.traces if len(self.traces) == len(self.signals) else ({},) * len(self.signals)
+        return list(zip(self.signals, traces))
+
+
 class OrderPlacedV1(Message):
     TYPE: ClassVar[str] = "OrderPlacedV1"
     ROUTING_KEY: ClassVar[str] = "order.placed.v1"
@@ -174,7 +198,7 @@ class KillSwitchChangedV1(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (SignalReceivedV1, OrderPlacedV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1)
+    for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1)
 }
 
 
@@ -187,6 +211,15 @@ def decode(message_type: str | None, body: bytes) -> Message:
     if cls is None:
         raise UnknownMessageType(f"unknown message type {message_type!r}")
     return cls.model_validate_json(body)
+
+
+def signals_in(message: Message) -> list[SignalReceivedV1]:
+    """The signals a message of the signals queue carries: one, or a batch's, in order."""
+    if isinstance(message, SignalBatchV1):
+        return list(message.signals)
+    if isinstance(message, SignalReceivedV1):
+        return [message]
+    return []
 
 
 def encode(message: Message) -> bytes:

@@ -24,6 +24,7 @@ from aio_pika.abc import (
     ExchangeType,
 )
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
@@ -120,10 +121,13 @@ class Publisher:
         routing_key: str | None = None,
         message_id: str | None = None,
         timeout: float | None = None,
+        parent: Context | None = None,
     ) -> str:
+        """`parent`: the trace this publish belongs to, when it is not the caller's current one (a batch runner
+        publishing for a request)."""
         key = routing_key if routing_key is not None else message.routing_key()
         message_id = message_id or uuid.uuid4().hex
-        with tracer.start_as_current_span(f"publish {exchange or key}", kind=SpanKind.PRODUCER) as span:
+        with tracer.start_as_current_span(f"publish {exchange or key}", context=parent, kind=SpanKind.PRODUCER) as span:
             span.set_attribute("messaging.destination.name", exchange or key)
             span.set_attribute("messaging.rabbitmq.destination.routing_key", key)
             amqp_message = aio_pika.Message(

@@ -39,12 +39,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "signal_conflicts": [IndexModel([("signal_id", ASCENDING)])],
     "control_history": [IndexModel([("version", DESCENDING)], unique=True)],
-    "webhook_requests": [
-        # Kept 30 days: a flood of refused requests must not fill the disk for ever.
-        IndexModel([("at", ASCENDING)], expireAfterSeconds=30 * 24 * 3600),
-        IndexModel([("result", ASCENDING), ("at", DESCENDING)]),
-        IndexModel([("signal_id", ASCENDING)]),
-    ],
+    # Buckets of request records (services/ingress/store.py), kept 30 days after their last record: a flood of
+    # refused requests must not fill the disk for ever.
+    "webhook_requests": [IndexModel([("until", ASCENDING)], expireAfterSeconds=30 * 24 * 3600)],
     "outbox": [IndexModel([("seq", ASCENDING)])],
 }
 

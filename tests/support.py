@@ -136,7 +136,7 @@ async def drain(amqp_url: str, queue_name: str, *, check=None, timeout: float = 
     """Consume and ack everything a signals queue holds, by publishing a sentinel signal behind it and reading up to it."""
     import aio_pika
 
-    from shared.contracts import Action, SignalReceivedV1, decode, utcnow
+    from shared.contracts import Action, SignalReceivedV1, decode, signals_in, utcnow
     from shared.messaging import SIGNALS_EXCHANGE, Publisher
 
     connection = await aio_pika.connect(amqp_url)
@@ -159,7 +159,8 @@ async def drain(amqp_url: str, queue_name: str, *, check=None, timeout: float = 
                     break
                 if check is not None:
                     check(message, decoded)
-                found.append(decoded)
+                # A batch is unpacked: callers see signals in the order the queue holds them.
+                found.extend(signals_in(decoded) or [decoded])
         return found
     finally:
         await connection.close()

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.ingress.bootstrap import Ingress
 from services.ingress.domain import InvalidAlert, OutOfScope, build_signal, check_scope, fingerprint, match_token
+from services.ingress.durable import Unavailable
 from services.ingress.formats import UnreadableBody, parse_body
 from services.ingress.guards import client_address, source_allowed
 from shared import mongo
-from shared.contracts import SignalReceivedV1, utcnow
-from shared.messaging import SIGNALS_EXCHANGE, PublishFailed
+from shared.contracts import utcnow
 from shared.observability import LATENCY_BUCKETS, Readiness, add_health_routes, bound_signal, tracing_middleware
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ INGRESS_KEY = web.AppKey("ingress", Ingress)
 METRICS_KEY = web.AppKey("ingress_metrics", object)
 MAX_BODY_BYTES = 64 * 1024
 ANSWER_WITHIN_S = 2.5  # TradingView cancels at 3 s
-OUTBOX_RESERVE_S = 0.5  # what a publish leaves for the outbox, should it fail
 RESULTS = ("accepted", "duplicate", "invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "timeout",
            "conflict", "unavailable", "error")
 
@@ -74,7 +73,8 @@ class Exchange:
         # Never the body or the path: either may carry a token.
         ingress.recorder.record(record)
         level = logging.INFO if status < 400 else logging.WARNING
-        log.log(level, "webhook %s", result, extra={k: v for k, v in record.items() if k != "at" and v is not None})
+        if log.isEnabledFor(level):
+            log.log(level, "webhook %s", result, extra={k: v for k, v in record.items() if k != "at" and v is not None})
         counter, histogram = metrics.by_result[result]
         counter.inc()
         histogram.observe(time.perf_counter() - self.started)
@@ -82,32 +82,6 @@ class Exchange:
 
     def refuse(self, status: int, result: str, reason: str) -> web.Response:
         return self.answer(status, result, {"status": "rejected", "reason": reason}, reason=reason)
-
-
-class Unavailable(Exception):
-    pass
-
-
-async def make_durable(ingress: Ingress, signal: SignalReceivedV1, deadline: float) -> str:
-    """Publish with a confirm, or keep in the outbox; say which. Raises Unavailable when neither worked.
-
-    Both together stay within `deadline` (monotonic), so the answer reaches TradingView within its 3 seconds: a
-    late 200 is a lost alert, since TradingView never resends after a timeout.
-    """
-    if not ingress.outbox.pending:
-        try:
-            timeout = min(ingress.settings.publish_timeout_s, max(deadline - time.monotonic() - OUTBOX_RESERVE_S, 0.05))
-            await ingress.publisher.publish(signal, exchange=SIGNALS_EXCHANGE, message_id=signal.signal_id, timeout=timeout)
-            return "published"
-        except PublishFailed as error:
-            log.warning("broker did not confirm; keeping the signal in the outbox", extra={"error": str(error)})
-    try:
-        await ingress.outbox.put(signal, timeout_s=deadline - time.monotonic())
-    except Exception as error:
-        log.error("signal not accepted: neither the broker nor the outbox took it",
-                  extra={"error": f"{type(error).__name__}: {error}"[:300]}, exc_info=not isinstance(error, (OSError, asyncio.TimeoutError)))
-        raise Unavailable from error
-    return "outbox"
 
 
 async def webhook(request: web.Request) -> web.Response:
@@ -160,7 +134,7 @@ async def webhook(request: web.Request) -> web.Response:
         return exchange.refuse(409, "conflict", f"the id '{known[0]}' was already used by a different alert")
 
     try:
-        signal = build_signal(parsed.payload, token_name=token.name, received_at=utcnow())
+        signal = build_signal(parsed.payload, token_name=token.name, received_at=utcnow(), fingerprint_=exchange.fingerprint)
         check_scope(signal, settings.webhook_token_symbols, settings.webhook_token_strategies)
     except InvalidAlert as error:
         return exchange.refuse(400, "invalid", str(error))
@@ -172,7 +146,7 @@ async def webhook(request: web.Request) -> web.Response:
         done = asyncio.get_running_loop().create_future()
         ingress.inflight[key] = done
         try:
-            durable = await make_durable(ingress, signal, deadline=exchange.started_monotonic + ANSWER_WITHIN_S)
+            durable = await ingress.committer.commit(signal, deadline=exchange.started_monotonic + ANSWER_WITHIN_S)
         except Unavailable:
             return exchange.answer(503, "unavailable", {"status": "unavailable", "reason": "the signal could not be stored; please resend"})
         finally:

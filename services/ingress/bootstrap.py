@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractRobustConnection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.ingress.durable import GroupCommit
 from services.ingress.guards import RateLimiter
 from services.ingress.settings import IngressSettings
 from services.ingress.store import Outbox, RecentSignals, Recorder
@@ -26,6 +27,7 @@ class Ingress:
     recent: RecentSignals
     recorder: Recorder
     outbox: Outbox
+    committer: GroupCommit
     token_limiter: RateLimiter
     ip_limiter: RateLimiter
     inflight: dict[str, asyncio.Future] = field(default_factory=dict)
@@ -49,10 +51,12 @@ async def build(settings: IngressSettings) -> AsyncIterator[Ingress]:
         ingress = Ingress(
             settings=settings, db=infra.db, connection=infra.connection, publisher=publisher, recent=recent,
             recorder=recorder, outbox=outbox,
+            committer=GroupCommit(publisher, outbox, publish_timeout_s=settings.publish_timeout_s),
             token_limiter=RateLimiter(settings.webhook_rate_limit_per_token),
             ip_limiter=RateLimiter(settings.webhook_rate_limit_per_ip),
         )
         stack.push_async_callback(recorder.flush)  # runs after the writer stops: the last records are written
         stack.push_async_callback(_stop, asyncio.create_task(recorder.run()))
         stack.push_async_callback(_stop, asyncio.create_task(outbox.run()))
+        stack.push_async_callback(ingress.committer.close)
         yield ingress

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.support import ROOT, MongoServer, create_vhost, delete_vhost, free_port, queue_info
+from tests.support import ROOT, MongoServer, create_vhost, delete_vhost, drain, free_port, queue_info
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH_DIR / "unique_alert.lua"
@@ -266,8 +267,16 @@ def measure(target: Target, duration: int, token: str, vhost: str, mongo_pid: in
         # flight, which the server still publishes but wrk never counts (two runs: warm-up and measured).
         accepted = warmup["statuses"].get("200", 0) + measured["ok"]
         unanswered = 2 * CONNECTIONS + warmup["non_2xx"] + measured["non_2xx"] + measured["socket_errors"]["timeout"]
-        target.results["queue"] = {"name": target.queue, "accepted": accepted, "at_most": accepted + unanswered,
-                                   "messages": queue_depth(vhost, target.queue, accepted, accepted + unanswered)}
+        queue = {"name": target.queue, "accepted": accepted, "at_most": accepted + unanswered}
+        if target.name == "ingress":
+            # The ingress commits alerts in groups (a SignalBatchV1 holds several): count signals, not messages,
+            # and check that none is there twice.
+            signals = asyncio.run(drain(target.env["AMQP_URL"], target.queue, timeout=30))
+            ids = [signal.signal_id for signal in signals]
+            queue.update(messages=len(ids), distinct=len(set(ids)), unit="signals")
+        else:
+            queue.update(messages=queue_depth(vhost, target.queue, accepted, accepted + unanswered), unit="messages")
+        target.results["queue"] = queue
 
 
 def ms(microseconds: float) -> str:
@@ -279,7 +288,8 @@ def ratio(a: float, b: float) -> float | None:
 
 
 def _queue_ok(queue: dict) -> bool:
-    return queue["messages"] is not None and queue["accepted"] <= queue["messages"] <= queue["at_most"]
+    return (queue["messages"] is not None and queue["accepted"] <= queue["messages"] <= queue["at_most"]
+            and queue.get("distinct", queue["messages"]) == queue["messages"])
 
 
 def report(targets: dict[str, Target], duration: int) -> dict:
@@ -351,7 +361,8 @@ def report(targets: dict[str, Target], duration: int) -> dict:
         queue = r.get("queue")
         if queue and not _queue_ok(queue):
             warnings.append(
-                f"WARNING: {name} answered 200 {queue['accepted']} times but {queue['name']} holds {queue['messages']} "
+                f"WARNING: {name} answered 200 {queue['accepted']} times but {queue['name']} holds {queue['messages']} {queue['unit']}"
+                f" ({queue.get('distinct', queue['messages'])} distinct) "
                 f"(expected {queue['accepted']}..{queue['at_most']})"
             )
         if r["cpu_cores"]["other"] > BUSY_OTHER_CORES:
@@ -367,7 +378,7 @@ def report(targets: dict[str, Target], duration: int) -> dict:
         queue = targets[name].results.get("queue")
         if queue and _queue_ok(queue):
             lines.append(
-                f"  {name}: {queue['accepted']} answered 200, {queue['name']} holds {queue['messages']} "
+                f"  {name}: {queue['accepted']} answered 200, {queue['name']} holds {queue['messages']} {queue['unit']}, none twice "
                 f"(the rest were in flight when wrk stopped)"
             )
     if warnings:

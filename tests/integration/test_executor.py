@@ -21,6 +21,7 @@ from shared.contracts import (
     KillSwitchChangedV1,
     KillSwitchMode,
     Message,
+    SignalBatchV1,
     SignalReceivedV1,
     decode,
     utcnow,
@@ -274,3 +275,28 @@ async def test_an_id_reused_by_a_different_alert_is_reported_not_silently_droppe
         assert "already used by a different alert" in reported.reason
         assert await mongo_db.signal_conflicts.count_documents({"signal_id": "Long"}) == 1
         assert [o["amount"] for o in await h.venue_orders()] == [0.01]
+
+
+async def test_a_batch_executes_in_order_and_once_even_when_redelivered(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    """The ingress commits alerts that arrive together as one SignalBatchV1 (services/ingress/durable.py)."""
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+
+        def signal(n: int, **fields) -> SignalReceivedV1:
+            return SignalReceivedV1(**{"signal_id": f"batch-{uuid.uuid4().hex[:6]}-{n}", "token_name": "main", "symbol": BTC,
+                                       "action": "buy", "received_at": utcnow(), **fields})
+
+        # An open, a close and an open again: only in this order does the account end long 0.03.
+        signals = (signal(0, qty=Decimal("0.01")), signal(1, action="close_long"), signal(2, qty=Decimal("0.03")))
+        batch = SignalBatchV1(signals=signals)
+        await h.publisher.publish(batch, exchange=messaging.SIGNALS_EXCHANGE, message_id="batch-1")
+        for s in signals:
+            assert (await h.settled(s))["status"] == "placed"
+        assert [(o["side"], o["amount"]) for o in await h.venue_orders()] == [("buy", 0.01), ("sell", 0.01), ("buy", 0.03)]
+        assert (await h.position())["contracts"] == pytest.approx(0.03)
+
+        await h.publisher.publish(batch, exchange=messaging.SIGNALS_EXCHANGE, message_id="batch-1")  # redelivered
+        marker = await h.send(qty=Decimal("0.02"))
+        await h.settled(marker)
+        assert len(await h.venue_orders()) == 4
+        assert (await h.position())["contracts"] == pytest.approx(0.05)

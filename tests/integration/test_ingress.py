@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.ingress.app import create_app
 from services.ingress.bootstrap import build
 from services.ingress.settings import IngressSettings
-from shared.contracts import SignalReceivedV1
+from services.ingress.store import request_records
+from shared.contracts import SignalBatchV1, SignalReceivedV1
 from shared.messaging import EXECUTOR_SIGNALS
 from tests.support import MongoServer, drain, set_policy, wait_for
 
@@ -40,9 +41,13 @@ async def queued_signals(amqp_url: str) -> list[SignalReceivedV1]:
 
 
 def _check_amqp_properties(message, decoded) -> None:
-    assert message.correlation_id == decoded.signal_id
-    assert message.headers.get("traceparent")
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    if isinstance(decoded, SignalBatchV1):  # alerts accepted together: each keeps its own trace, one shard per batch
+        assert len(decoded.traces) == len(decoded.signals) and all(t.get("traceparent") for t in decoded.traces)
+        assert len({s.routing_key() for s in decoded.signals}) == 1 and message.routing_key == decoded.signals[0].routing_key()
+    else:
+        assert message.correlation_id == decoded.signal_id
+        assert message.headers.get("traceparent")
 
 
 async def test_an_alert_is_accepted_once_the_broker_has_it(amqp_url, mongo_uri, mongo_db_name, mongo_db):
@@ -119,13 +124,16 @@ async def test_an_invalid_body_gets_400_with_a_reason_and_a_record(amqp_url, mon
     [record] = await records(mongo_db, 1)
     assert record["status"] == 400 and reason in record["reason"]
     assert SECRET not in str(record)
+    # The README's way to read the records one by one out of their buckets.
+    pipeline = [{"$unwind": "$records"}, {"$replaceRoot": {"newRoot": "$records"}}, {"$match": {"result": "invalid"}}]
+    assert await (await mongo_db.webhook_requests.aggregate(pipeline)).to_list(None) == [record]
 
 
 async def records(db, count: int) -> list[dict]:
     """The request records, once `count` of them are written (they are written in batches, after the answer)."""
 
     async def written() -> list[dict] | None:
-        found = await db.webhook_requests.find({}, sort=[("at", 1)]).to_list(None)
+        found = [record async for record in request_records(db.webhook_requests)]
         return found if len(found) >= count else None
 
     return await wait_for(written, what=f"{count} request records")
