@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -52,6 +53,7 @@ def match_token(presented: str | None, tokens: tuple[WebhookToken, ...]) -> Webh
     return found
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of symbols, on every alert
 def normalize_symbol(raw: str) -> str:
     """`BTCUSDT.P`, `BINANCE:BTCUSDT.P`, `BTC-USDT`, `BTC/USDT`, `BTC/USDT:USDT` all become `BTC/USDT:USDT`."""
     text = raw.strip().upper()
@@ -189,7 +191,8 @@ def parse_alert_time(value: Any) -> datetime | None:
 
 
 def build_signal(
-    payload: dict[str, Any], *, token_name: str, received_at: datetime, signal_id: str | None = None
+    payload: dict[str, Any], *, token_name: str, received_at: datetime, signal_id: str | None = None,
+    fingerprint_: str | None = None,
 ) -> SignalReceivedV1:
     """Turn a native JSON alert (DESIGN.md) into the one normalised signal, or say what is wrong with it."""
     _check_placeholders(payload)
@@ -246,7 +249,8 @@ def build_signal(
         raise InvalidAlert("'account' may hold only letters, digits, _ and - (at most 32)")
 
     return SignalReceivedV1(
-        signal_id=signal_id or signal_id_for(fingerprint(token_name, payload), payload_id, int(received_at.timestamp() * 1000)),
+        signal_id=signal_id or signal_id_for(fingerprint_ or fingerprint(token_name, payload), payload_id,
+                                             int(received_at.timestamp() * 1000)),
         account=account,
         token_name=token_name,
         symbol=symbol,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -36,6 +37,8 @@ def parse_networks(raw: object, *, presets: dict[str, Iterable[str]] | None = No
     return tuple(networks)
 
 
+# The same few senders, over and over: parsing an address costs more than the rest of the guard.
+@functools.lru_cache(maxsize=4096)
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not text:
         return None
