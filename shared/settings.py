@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from urllib.parse import urlsplit
 from enum import StrEnum
+from urllib.parse import urlsplit
 from typing import Annotated, TypeVar
 
+import yarl
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pymongo import uri_parser
+from pymongo.errors import PyMongoError
 
 
 PLACEHOLDER = "change-me"
@@ -109,16 +113,38 @@ class ServiceSettings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
+        url = value.get_secret_value()
+        if not url.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
+        try:
+            parsed = yarl.URL(url)
+            host, _ = parsed.host, parsed.port
+        except ValueError:
+            raise ValueError("is not a valid URL (check the port, and that user and password are %-escaped)") from None
+        if not host:
+            raise ValueError("names no host (amqp://user:pass@host:5672/vhost)")
         return value
 
     @field_validator("mongo_uri")
     @classmethod
     def _mongo_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+        uri = value.get_secret_value()
+        if not uri.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("must start with mongodb:// or mongodb+srv://")
+        if uri.startswith("mongodb://"):  # an SRV address is resolved by DNS: nothing to check before connecting
+            try:
+                uri_parser.parse_uri(uri)
+            except (ValueError, PyMongoError) as error:
+                raise ValueError(f"is not a valid MongoDB URI: {_without(str(error), uri)}") from None
         return value
+
+
+def _without(message: str, secret_text: str) -> str:
+    """The library's reason, unless it quotes any part of the setting (which may hold a password)."""
+    parts = [part for part in re.split(r"[:/@?&=,]", secret_text) if len(part) >= 3 and part not in ("mongodb", "amqp")]
+    if any(part in message for part in parts):
+        return "check the host, the port, the options and that user and password are %-escaped"
+    return message[:200]
 
 
 WebhookTokens = Annotated[tuple[WebhookToken, ...], NoDecode]

@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Make sure a RabbitMQ broker answers on 127.0.0.1:5672 with the plugins the project uses.
 # Reuses a running broker; otherwise starts the local one, installing it from Debian's packages if needed.
+# With --mark FILE, a broker this script started is noted in FILE, so the caller can stop what it started
+# (ops/scripts/stop-rabbitmq.sh FILE); a broker that was already running is never noted, and never stopped.
 set -euo pipefail
+
+mark=""
+if [[ "${1:-}" == "--mark" ]]; then
+    mark="${2:?--mark needs a file}"
+    rm -f "$mark"
+fi
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
@@ -16,6 +24,7 @@ if ! port_open; then
     for _ in $(seq 1 120); do port_open && break; sleep 0.5; done
     port_open || { echo "ensure-rabbitmq: the broker did not open 127.0.0.1:5672 within 60 s" >&2; exit 1; }
     rabbitmqctl -q await_startup --timeout 60
+    if [[ -n "$mark" ]]; then mkdir -p "$(dirname "$mark")"; echo "started $(date -u +%FT%TZ)" >"$mark"; fi
 fi
 
 # Management gives the tests their per-run vhost and the control service its queue depths;

@@ -33,6 +33,13 @@ def run_service(name: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         ("executor", {"MONGO_URI": BASE["MONGO_URI"], "AMQP_URL": "http://s3cr3t@x", "BINGX_API_KEY": "k", "BINGX_API_SECRET": "s3cr3t"},
          "AMQP_URL: must start with amqp:// or amqps://"),
         ("notifier", {**BASE, "TELEGRAM_BOT_TOKEN": "123:s3cr3t"}, "TELEGRAM_API_ID, TELEGRAM_API_HASH missing"),
+        ("executor", {"MONGO_URI": BASE["MONGO_URI"], "AMQP_URL": "amqp://guest:s3cr3t@127.0.0.1:notaport/%2F",
+                      "BINGX_API_KEY": "k", "BINGX_API_SECRET": "s3cr3t"},
+         "AMQP_URL: is not a valid URL (check the port, and that user and password are %-escaped)"),
+        ("control", {"AMQP_URL": BASE["AMQP_URL"], "MONGO_URI": "mongodb://tvtb:s3cr3t@db:notaport/", "CONTROL_API_TOKEN": "s3cr3t-0123456789ab"},
+         "MONGO_URI: is not a valid MongoDB URI: Port contains non-digit characters"),
+        ("ingress", {"AMQP_URL": BASE["AMQP_URL"], "MONGO_URI": "mongodb://tvtb:s3cr3t@db/?s3cr3t=1", "WEBHOOK_TOKENS": "a:s3cr3t"},
+         "MONGO_URI: is not a valid MongoDB URI: Unknown option"),
         ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "TRADING_MODE": "yolo"}, "TRADING_MODE: Input should be 'paper', 'demo' or 'live'"),
         ("executor", {**BASE, "TRADING_MODE": "live", "BINGX_API_KEY": "k3y", "BINGX_API_SECRET": "change-me"},
          "BINGX_API_SECRET still hold the change-me placeholder: set real secrets before TRADING_MODE=live"),
@@ -94,3 +101,11 @@ def test_placeholder_secrets_run_paper_trading(monkeypatch):
     from services.control.settings import ControlSettings
 
     assert load_settings(ControlSettings, "control").control_api_token.get_secret_value().startswith("change-me")
+
+
+def test_a_library_reason_that_quotes_the_uri_is_not_repeated():
+    from shared.settings import _without
+
+    assert _without("cannot resolve host s3cr3t-db", "mongodb://tvtb:pw0@s3cr3t-db:27017/") == (
+        "check the host, the port, the options and that user and password are %-escaped")
+    assert _without("Port must be an integer", "mongodb://tvtb:pw0@db:99999/") == "Port must be an integer"
