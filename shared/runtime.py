@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -34,11 +35,68 @@ async def run_until_stopped(service: str) -> None:
     log.info("stopping", extra={"event": "stopping"})
 
 
-async def serve(app: web.Application, host: str, port: int, service: str) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then stop taking requests; the caller closes what the app used."""
-    runner = web.AppRunner(app, access_log=None)
+class ConnectionCap:
+    """Closes a new connection at once, before a byte of it is read, while `limit` connections are open.
+
+    aiohttp has no cap of its own: without one a flood of idle sockets would run the process out of descriptors.
+    """
+
+    WARN_EVERY_S = 10.0
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.limit = limit
+        self.refused = 0
+        self._server = server
+        self._accepted: set[object] = set()
+        self._made, self._lost = server.connection_made, server.connection_lost
+        self._warned_at = -self.WARN_EVERY_S
+        # The handlers call these on their manager; wrapping the instance's keeps aiohttp's own bookkeeping intact.
+        server.connection_made = self._connection_made  # type: ignore[method-assign]
+        server.connection_lost = self._connection_lost  # type: ignore[method-assign]
+
+    @property
+    def open(self) -> int:
+        return len(self._accepted)
+
+    def _connection_made(self, handler, transport: asyncio.Transport) -> None:
+        if len(self._accepted) >= self.limit:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._warned_at >= self.WARN_EVERY_S:
+                self._warned_at = now
+                log.warning("connection refused: too many open", extra={"open": len(self._accepted), "limit": self.limit,
+                                                                        "refused_total": self.refused})
+            transport.abort()
+            return
+        self._accepted.add(handler)
+        self._made(handler, transport)
+
+    def _connection_lost(self, handler, exc: BaseException | None = None) -> None:
+        if handler in self._accepted:
+            self._accepted.discard(handler)
+            self._lost(handler, exc)
+
+
+async def start_server(app: web.Application, host: str, port: int, *, idle_timeout_s: float = 5.0,
+                       max_connections: int = 1000) -> tuple[web.AppRunner, ConnectionCap]:
+    """Listen on host:port with the limits against slow clients.
+
+    aiohttp's keep-alive timer runs from the moment a connection opens until a whole request head has arrived, and
+    again between requests: with `idle_timeout_s` it closes a connection that trickles its headers or sends nothing
+    (aiohttp's default is an hour). A body that is slow to arrive is the handlers' business (the ingress gives 2 s).
+    """
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout_s)
     await runner.setup()
+    assert runner.server is not None
+    cap = ConnectionCap(runner.server, max_connections)
     await web.TCPSite(runner, host, port).start()
+    return runner, cap
+
+
+async def serve(app: web.Application, host: str, port: int, service: str, *, idle_timeout_s: float = 5.0,
+                max_connections: int = 1000) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then stop taking requests; the caller closes what the app used."""
+    runner, _ = await start_server(app, host, port, idle_timeout_s=idle_timeout_s, max_connections=max_connections)
     try:
         await run_until_stopped(service)
     finally:

@@ -66,6 +66,11 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     otel_exporter_otlp_endpoint: str | None = None
     bind_host: str = "0.0.0.0"
+    # Slow or hostile clients: a connection that has not sent a whole request head within this many seconds (or sits
+    # idle between requests that long) is closed; beyond this many open connections new ones are closed at once,
+    # so a flood of sockets cannot take the descriptors the broker and database connections need.
+    http_idle_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    http_max_connections: int = Field(default=1000, ge=1, le=100_000)
 
     def secret_values(self) -> list[str]:
         """Every secret this process holds, so the log formatter can redact them should one ever slip through."""

@@ -14,7 +14,8 @@ async def main() -> None:
     settings = load_settings(ControlSettings, "control")
     setup_observability("control", settings)
     async with build(settings) as control:
-        await serve(create_app(control), settings.bind_host, settings.control_port, "control")
+        await serve(create_app(control), settings.bind_host, settings.control_port, "control",
+                    idle_timeout_s=settings.http_idle_timeout_s, max_connections=settings.http_max_connections)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ async def main() -> None:
     settings = load_settings(ExecutorSettings, "executor")
     setup_observability("executor", settings)
     async with build(settings) as executor, consuming(executor) as consumer:
-        await serve(create_app(executor, consumer), settings.bind_host, settings.executor_port, "executor")
+        await serve(create_app(executor, consumer), settings.bind_host, settings.executor_port, "executor",
+                    idle_timeout_s=settings.http_idle_timeout_s, max_connections=settings.http_max_connections)
 
 
 if __name__ == "__main__":

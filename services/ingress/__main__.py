@@ -14,7 +14,8 @@ async def main() -> None:
     settings = load_settings(IngressSettings, "ingress")
     setup_observability("ingress", settings)
     async with build(settings) as ingress:
-        await serve(create_app(ingress), settings.bind_host, settings.ingress_port, "ingress")
+        await serve(create_app(ingress), settings.bind_host, settings.ingress_port, "ingress",
+                    idle_timeout_s=settings.http_idle_timeout_s, max_connections=settings.http_max_connections)
 
 
 if __name__ == "__main__":

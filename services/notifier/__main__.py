@@ -15,7 +15,8 @@ async def main() -> None:
     settings = load_settings(NotifierSettings, "notifier")
     setup_observability("notifier", settings)
     async with build(settings) as notifier, consuming(notifier) as consumer:
-        await serve(create_app(notifier, consumer), settings.bind_host, settings.notifier_port, "notifier")
+        await serve(create_app(notifier, consumer), settings.bind_host, settings.notifier_port, "notifier",
+                    idle_timeout_s=settings.http_idle_timeout_s, max_connections=settings.http_max_connections)
 
 
 if __name__ == "__main__":
