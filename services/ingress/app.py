@@ -134,7 +134,8 @@ async def webhook(request: web.Request) -> web.Response:
         return exchange.refuse(409, "conflict", f"the id '{known[0]}' was already used by a different alert")
 
     try:
-        signal = build_signal(parsed.payload, token_name=token.name, received_at=utcnow(), fingerprint_=exchange.fingerprint)
+        signal = build_signal(parsed.payload, token_name=token.name, received_at=utcnow(), fingerprint_=exchange.fingerprint,
+                              signal_id=ingress.recent.unsettled(key, now))
         check_scope(signal, settings.webhook_token_symbols, settings.webhook_token_strategies)
     except InvalidAlert as error:
         return exchange.refuse(400, "invalid", str(error))
@@ -148,6 +149,7 @@ async def webhook(request: web.Request) -> web.Response:
         try:
             durable = await ingress.committer.commit(signal, deadline=exchange.started_monotonic + ANSWER_WITHIN_S)
         except Unavailable:
+            ingress.recent.put_unsettled(key, signal.signal_id, now)
             return exchange.answer(503, "unavailable", {"status": "unavailable", "reason": "the signal could not be stored; please resend"})
         finally:
             del ingress.inflight[key]

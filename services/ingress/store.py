@@ -37,6 +37,11 @@ class RecentSignals:
         self._entries: OrderedDict[str, tuple[str, str, float]] = OrderedDict()  # key -> (signal_id, fingerprint, at)
         self._max = max_entries
         self._window = resend_window_s
+        # key -> (signal_id, at) of alerts answered 503: the write may have landed after all (a confirm or an insert
+        # that completed after its deadline), so TradingView's resend must carry the same signal id, which the
+        # executor then dedupes, rather than a new one that would trade the alert twice.
+        self._unsettled: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._max_unsettled = 10_000
 
     @staticmethod
     def key(payload_id: str | None, fingerprint: str) -> str:
@@ -51,7 +56,19 @@ class RecentSignals:
             return None
         return signal_id, fingerprint
 
+    def unsettled(self, key: str, now: float) -> str | None:
+        """The signal id given to this alert when it was last answered 503, within the resend window."""
+        entry = self._unsettled.get(key)
+        return entry[0] if entry is not None and now - entry[1] <= self._window else None
+
+    def put_unsettled(self, key: str, signal_id: str, at: float) -> None:
+        self._unsettled[key] = (signal_id, at)
+        self._unsettled.move_to_end(key)
+        if len(self._unsettled) > self._max_unsettled:
+            self._unsettled.popitem(last=False)
+
     def put(self, key: str, signal_id: str, fingerprint: str, at: float) -> None:
+        self._unsettled.pop(key, None)
         self._entries[key] = (signal_id, fingerprint, at)
         self._entries.move_to_end(key)
         if len(self._entries) > self._max:

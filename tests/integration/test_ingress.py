@@ -9,6 +9,7 @@ import aio_pika
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pymongo import AsyncMongoClient
 
 from services.ingress.app import create_app
 from services.ingress.bootstrap import build
@@ -189,3 +190,46 @@ async def test_a_nacked_signal_waits_in_the_outbox_and_503_only_when_the_databas
 
 def alert(signal_id: str, **fields) -> bytes:
     return orjson.dumps({"token": SECRET, "id": signal_id, "symbol": "BTCUSDT.P", "action": "buy", "qty": 1, **fields})
+
+
+async def test_a_resend_after_a_503_carries_the_same_signal_id_so_it_can_never_trade_twice(broker_vhost, mongo_db_name):
+    """A 503 may follow a write that landed after its deadline: the resend must be the same signal, not a new one."""
+    vhost, amqp_url = broker_vhost
+    private = MongoServer()
+    private.start()
+    try:
+        async with ingress_client(amqp_url, private.uri, mongo_db_name) as client:
+            set_policy(vhost, "full", "^executor\\.signals$", {"max-length": 0, "overflow": "reject-publish"})
+
+            async def refused_by_broker() -> bool:
+                metrics = await (await client.get("/metrics")).text()
+                response = await client.post("/webhook/tradingview", data=alert(f"p-{time.monotonic_ns()}"))
+                return response.status == 200 and "tvtb_webhook_outbox_total 0.0" not in metrics
+
+            await wait_for(refused_by_broker, what="the policy to take effect")
+            no_id = orjson.dumps({"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": 1})
+            private.stop()
+            first = await client.post("/webhook/tradingview", data=no_id)
+            assert first.status == 503
+            private.start()  # the database is back (same address); the broker still refuses: the outbox takes it
+
+            async def resent() -> dict | None:
+                response = await client.post("/webhook/tradingview", data=no_id)
+                return await response.json() if response.status == 200 else None
+
+            accepted = await wait_for(resent, timeout=30, what="the resend to be accepted")
+            assert accepted["status"] == "accepted"
+            db = AsyncMongoClient(private.uri, tz_aware=True)[mongo_db_name]
+            try:
+                async def both_recorded() -> list[dict] | None:
+                    found = [r async for r in request_records(db.webhook_requests)]
+                    failed = [r for r in found if r["result"] == "unavailable"]
+                    mine = [r for r in found if failed and r["fingerprint"] == failed[0]["fingerprint"]]
+                    return mine if {"unavailable", "accepted"} <= {r["result"] for r in mine} else None
+
+                mine = await wait_for(both_recorded, timeout=15, what="the 503 and the accepted resend to be recorded")
+                assert {r["signal_id"] for r in mine} == {accepted["signal_id"]}
+            finally:
+                await db.client.close()
+    finally:
+        private.stop()
