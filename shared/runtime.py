@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -22,6 +23,16 @@ def raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def settle_heap() -> None:
+    """Move what start-up built (modules, classes, schemas, clients) out of the garbage collector's sight.
+
+    A full collection walks every tracked object: measured under load on the ingress, one took 38 ms, all of it in
+    a request's latency. Frozen objects are never walked again; what requests create is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def run_until_stopped(service: str) -> None:
@@ -96,6 +107,7 @@ async def start_server(app: web.Application, host: str, port: int, *, idle_timeo
 async def serve(app: web.Application, host: str, port: int, service: str, *, idle_timeout_s: float = 5.0,
                 max_connections: int = 1000) -> None:
     """Serve `app` until SIGTERM or SIGINT, then stop taking requests; the caller closes what the app used."""
+    settle_heap()
     runner, _ = await start_server(app, host, port, idle_timeout_s=idle_timeout_s, max_connections=max_connections)
     try:
         await run_until_stopped(service)
