@@ -88,6 +88,11 @@ class SignalReceivedV1(Message):
     alert_time: datetime | None = None
     max_lag_s: float = 60.0
     received_at: datetime
+    # Set only for an alert without an `id`: its fingerprint (token removed) and how long an identical alert counts
+    # as a resend. Ingress replicas, or one restarted, may name a resend differently; the executor uses these to
+    # execute one alert once all the same.
+    resend_key: str | None = None
+    resend_window_s: float | None = None
 
     def routing_key(self) -> str:
         # `<account>.<symbol>`; dots and slashes would split the topic, so the exchange id form is used.

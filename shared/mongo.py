@@ -27,7 +27,12 @@ CODEC_OPTIONS = CodecOptions(tz_aware=True, type_registry=TypeRegistry([DecimalC
 
 # Every collection's indexes, in one place. `signals` is keyed by signal_id (_id), which makes it the dedup.
 INDEXES: dict[str, list[IndexModel]] = {
-    "signals": [IndexModel([("status", ASCENDING), ("received_at", DESCENDING)]), IndexModel([("received_at", DESCENDING)])],
+    "signals": [
+        IndexModel([("status", ASCENDING), ("received_at", DESCENDING)]),
+        IndexModel([("received_at", DESCENDING)]),
+        # Alerts without an id, by their text's fingerprint: how the executor knows a resend named differently.
+        IndexModel([("resend_key", ASCENDING), ("received_at", DESCENDING)], sparse=True),
+    ],
     "orders": [
         IndexModel([("client_order_id", ASCENDING)], unique=True),
         IndexModel([("signal_id", ASCENDING)]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -96,6 +97,15 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         if not document.get("outcome_published"):
             await _publish_outcome(deps, document)
         return
+    if status == RECEIVED and signal.resend_key is not None:
+        first = await _earlier_delivery(deps, signal, document)
+        if first is not None:
+            reason = f"a resend of alert {first['_id']}, which was already received: not executed twice"
+            await _finish(deps, signal, SKIPPED, SignalSkippedV1(
+                signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
+                reason=reason, mode=deps.view.mode, skipped_at=utcnow(),
+            ), reason=reason, resend_of=first["_id"])
+            return
     try:
         await _execute(signal, document, deps)
     except OrderRejected as error:
@@ -209,6 +219,7 @@ async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> OrderPlan | Not
 async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
     """One document per signal_id: the first delivery creates it, every later one finds it."""
     now = utcnow()
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as Mongo keeps it: claims are compared by it
     document = {
         "_id": signal.signal_id,
         "status": RECEIVED,
@@ -224,6 +235,8 @@ async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
         "attempts": 0,
         "fingerprint": _fingerprint(signal),
     }
+    if signal.resend_key is not None:
+        document["resend_key"] = signal.resend_key
     try:
         await deps.db.signals.insert_one(document)
         return document
@@ -231,6 +244,25 @@ async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
         existing = await deps.db.signals.find_one({"_id": signal.signal_id})
         assert existing is not None
         return existing
+
+
+async def _earlier_delivery(deps: ExecutorDeps, signal: SignalReceivedV1, document: dict) -> dict | None:
+    """Another delivery of the same alert (no `id`, identical text, within its resend window) claimed before this one.
+
+    One ingress names a resend as it named the first delivery; a resend that reached another ingress replica, or
+    one restarted after answering 503, carries another signal id. The first claimed is executed, the others not.
+    The window runs from the first delivery, as at the ingress: resends do not stretch it.
+    """
+    window = timedelta(seconds=signal.resend_window_s or 0)
+    mine = (document["claimed_at"], document["_id"])
+    async for other in deps.db.signals.find(
+        {"resend_key": signal.resend_key, "_id": {"$ne": signal.signal_id}, "resend_of": {"$exists": False},
+         "received_at": {"$gte": signal.received_at - window, "$lte": signal.received_at + window}},
+        {"_id": 1, "claimed_at": 1},
+    ).sort("claimed_at", 1).limit(8):
+        if (other["claimed_at"], other["_id"]) < mine:
+            return other
+    return None
 
 
 def _fingerprint(signal: SignalReceivedV1) -> str:

@@ -135,7 +135,7 @@ async def webhook(request: web.Request) -> web.Response:
 
     try:
         signal = build_signal(parsed.payload, token_name=token.name, received_at=utcnow(), fingerprint_=exchange.fingerprint,
-                              signal_id=ingress.recent.unsettled(key, now))
+                              signal_id=ingress.recent.unsettled(key, now), resend_window_s=settings.webhook_resend_window_s)
         check_scope(signal, settings.webhook_token_symbols, settings.webhook_token_strategies)
     except InvalidAlert as error:
         return exchange.refuse(400, "invalid", str(error))

@@ -192,7 +192,7 @@ def parse_alert_time(value: Any) -> datetime | None:
 
 def build_signal(
     payload: dict[str, Any], *, token_name: str, received_at: datetime, signal_id: str | None = None,
-    fingerprint_: str | None = None,
+    fingerprint_: str | None = None, resend_window_s: float | None = None,
 ) -> SignalReceivedV1:
     """Turn a native JSON alert (DESIGN.md) into the one normalised signal, or say what is wrong with it."""
     _check_placeholders(payload)
@@ -248,9 +248,11 @@ def build_signal(
     if not _ACCOUNT_CHARS.match(account):
         raise InvalidAlert("'account' may hold only letters, digits, _ and - (at most 32)")
 
+    fingerprint_ = fingerprint_ or fingerprint(token_name, payload)
     return SignalReceivedV1(
-        signal_id=signal_id or signal_id_for(fingerprint_ or fingerprint(token_name, payload), payload_id,
-                                             int(received_at.timestamp() * 1000)),
+        signal_id=signal_id or signal_id_for(fingerprint_, payload_id, int(received_at.timestamp() * 1000)),
+        resend_key=fingerprint_ if payload_id is None and resend_window_s else None,
+        resend_window_s=resend_window_s if payload_id is None and resend_window_s else None,
         account=account,
         token_name=token_name,
         symbol=symbol,

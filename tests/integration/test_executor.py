@@ -300,3 +300,27 @@ async def test_a_batch_executes_in_order_and_once_even_when_redelivered(amqp_url
         await h.settled(marker)
         assert len(await h.venue_orders()) == 4
         assert (await h.position())["contracts"] == pytest.approx(0.05)
+
+
+async def test_a_resend_named_differently_by_another_ingress_is_executed_once(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    """An alert without an id, answered 503 by one ingress replica and resent to another, arrives under two ids."""
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        first_seen = utcnow()
+        resend = {"resend_key": "f" * 32, "resend_window_s": 120.0, "qty": Decimal("0.01")}
+        first = await h.send(signal_id="h-fff-1", received_at=first_seen, **resend)
+        again = await h.send(signal_id="h-fff-2", received_at=first_seen + timedelta(seconds=5), **resend)
+        assert (await h.settled(first))["status"] == "placed"
+        skipped = await h.settled(again)
+        assert skipped["status"] == "skipped" and skipped["resend_of"] == "h-fff-1", skipped
+        assert "a resend of alert h-fff-1" in skipped["reason"]
+        [event] = await wait_for(lambda: events_of(h, "SignalSkippedV1", "h-fff-2"), what="SignalSkippedV1")
+        assert "not executed twice" in event.reason
+
+        # The same text firing again after the window is a new alert, and so is another alert in the window.
+        later = await h.send(signal_id="h-fff-3", received_at=first_seen + timedelta(seconds=121), **resend)
+        other = await h.send(signal_id="h-eee-1", received_at=first_seen + timedelta(seconds=5),
+                             **{**resend, "resend_key": "e" * 32})
+        assert (await h.settled(later))["status"] == "placed"
+        assert (await h.settled(other))["status"] == "placed"
+        assert [o["amount"] for o in await h.venue_orders()] == [0.01, 0.01, 0.01]

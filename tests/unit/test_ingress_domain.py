@@ -43,6 +43,15 @@ def test_signal_id_is_the_payload_id_or_the_fingerprint_and_first_sighting():
     assert fp != fingerprint("other", alert) and fp != fingerprint("main", {**alert, "qty": 2})
 
 
+def test_an_alert_without_an_id_carries_its_fingerprint_so_the_executor_knows_its_resends():
+    alert = {"symbol": "BTCUSDT.P", "action": "buy", "qty": 1}
+    plain = build_signal(alert, token_name="main", received_at=NOW, resend_window_s=120)
+    assert plain.resend_key == fingerprint("main", alert) and plain.resend_window_s == 120
+    keyed = build_signal({**alert, "id": "a-1"}, token_name="main", received_at=NOW, resend_window_s=120)
+    assert keyed.resend_key is None and keyed.resend_window_s is None  # its id names every delivery alike
+    assert build_signal(alert, token_name="main", received_at=NOW, resend_window_s=0).resend_key is None
+
+
 def test_the_fingerprint_says_nothing_about_the_token():
     from services.ingress.formats import parse_body
 
