@@ -186,6 +186,56 @@ async def test_a_dropped_broker_link_loses_nothing_and_keeps_the_order(amqp_url,
     assert durable[:20] == ["published"] * 20 and durable[20:60] == ["outbox"] * 40  # the cut was real
 
 
+async def test_a_broker_link_cut_under_concurrent_load_loses_and_reorders_nothing(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    """16 senders on two symbols; the link drops while publishes are in flight and comes back while alerts still come.
+
+    Each sender waits for its answer before its next alert, so its alerts must reach the queue in its own order.
+    """
+    proxy = await TcpProxy("127.0.0.1", RABBIT_PORT).start()
+    proxied = amqp_url.replace(f":{RABBIT_PORT}/", f":{proxy.port}/")
+    senders, per_sender = 16, 15
+    accepted: dict[int, list[str]] = {k: [] for k in range(senders)}
+    answered = asyncio.Event()
+    try:
+        async with ingress_client(proxied, mongo_uri, mongo_db_name) as client:
+            async def sender(k: int) -> None:
+                symbol = "BTCUSDT.P" if k % 2 else "ETHUSDT.P"
+                for n in range(per_sender):
+                    status, body = await post(client, {"token": SECRET, "id": f"s{k:02d}-{n:03d}", "symbol": symbol, "action": "buy", "qty": 1})
+                    assert status == 200, body
+                    accepted[k].append(body["signal_id"])
+                    answered.set()
+
+            async def cutter() -> None:
+                def count() -> int:
+                    return sum(map(len, accepted.values()))
+
+                while count() < 40:
+                    answered.clear()
+                    await answered.wait()
+                proxy.cut()  # other senders' alerts are being committed right now
+                while count() < 140:
+                    answered.clear()
+                    await answered.wait()
+                proxy.restore()
+
+            await asyncio.wait_for(asyncio.gather(cutter(), *(sender(k) for k in range(senders))), timeout=60)
+
+            async def relayed() -> bool:
+                metrics = await (await client.get("/metrics")).text()
+                return "tvtb_webhook_outbox_pending 0.0" in metrics
+
+            await wait_for(relayed, timeout=30, what="the outbox to drain")
+    finally:
+        await proxy.stop()
+    delivered = [s.signal_id for s in await drain(amqp_url, EXECUTOR_SIGNALS.name)]
+    assert len(delivered) == len(set(delivered)) == senders * per_sender  # every 200 in the queue, none twice
+    for k in range(senders):
+        assert [i for i in delivered if i.startswith(f"s{k:02d}-")] == accepted[k]  # each sender's order kept
+    durable = {r["durable"] for r in await records(mongo_db, senders * per_sender) if r["result"] == "accepted"}
+    assert durable == {"published", "outbox"}  # the cut was real
+
+
 async def test_the_same_alert_text_firing_again_after_the_resend_window_is_a_new_signal(amqp_url, mongo_uri, mongo_db_name, mongo_db):
     body = {"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": "0.01"}  # no id, no {{timenow}}
     async with ingress_client(amqp_url, mongo_uri, mongo_db_name, webhook_resend_window_s=0) as client:
@@ -205,3 +255,20 @@ async def test_a_forged_forwarded_for_line_before_the_proxys_own_does_not_pass_t
         response = await client.post(WEBHOOK, data=orjson.dumps({"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": 1}),
                                      headers=headers)
     assert response.status == 403
+
+
+async def test_a_body_that_trickles_in_too_slowly_gets_408_and_a_record(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    async with ingress_client(amqp_url, mongo_uri, mongo_db_name, body_timeout_s=0.3) as client:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            body = orjson.dumps({"token": SECRET, "symbol": "BTCUSDT.P", "action": "buy", "qty": 1})
+            writer.write(b"POST /webhook/tradingview HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            await writer.drain()  # the rest never comes
+            status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        [record] = await records(mongo_db, 1)
+    assert record["result"] == "timeout" and record["reason"] == "the body did not arrive in time"
+    assert await queued_signals(amqp_url) == []
