@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 TOKEN_KEYS = ("token", "secret", "passphrase")
+# A TradingView placeholder left unfilled (an unquoted one breaks the JSON); only its name is ever echoed.
+_PLACEHOLDER = re.compile(r"\{\{\s{0,4}([A-Za-z0-9_.]{1,60})\s{0,4}\}\}")
 
 
 class UnreadableBody(ValueError):
@@ -37,6 +40,9 @@ def parse_body(raw: bytes) -> ParsedAlert:
         try:
             document = orjson.loads(text)
         except orjson.JSONDecodeError as error:
+            if placeholder := _PLACEHOLDER.search(text):
+                raise UnreadableBody(f"the body is not valid JSON: TradingView left the placeholder "
+                                     f"{{{{{placeholder.group(1)}}}}} unfilled") from None
             raise UnreadableBody(f"the body is not valid JSON ({error.msg} at character {error.pos})") from None
         if not isinstance(document, dict):
             raise UnreadableBody("the body must be a JSON object")
@@ -113,7 +119,10 @@ def _octobot(text: str) -> ParsedAlert:
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise UnreadableBody(f"part {number} of the text is not KEY=VALUE")
-        pairs[key.strip().upper()] = value.strip()
+        key = key.strip().upper()
+        if key in pairs:
+            raise UnreadableBody(f"{key} is given twice (part {number}): send it once")
+        pairs[key] = value.strip()
     token = pairs.pop("TOKEN", None)
     if token is None:
         token = pairs.pop("SECRET", None) or pairs.pop("PASSPHRASE", None)

@@ -71,7 +71,10 @@ def test_formats(raw, fmt, payload, token):
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [(b"", "empty"), (b"\xff\xfe", "not UTF-8"), (b"SIGNAL=CANCEL;SYMBOL=X", "CANCEL is not supported"),
-     (b'{"order": {"amount": 1, "currency_type": "lots"}}', "currency_type")],
+     (b'{"order": {"amount": 1, "currency_type": "lots"}}', "currency_type"),
+     (b"SYMBOL=BTCUSDT.P;SIGNAL=BUY;VOLUME=1;VOLUME=2", "VOLUME is given twice"),  # which size was meant?
+     (b'{"symbol": "BTCUSDT.P", "qty": {{strategy.order.contracts}}}', r"placeholder \{\{strategy.order.contracts\}\} unfilled"),
+     (b"{{strategy.order.alert_message}}", r"placeholder \{\{strategy.order.alert_message\}\} unfilled")],
 )
 def test_unreadable_bodies(raw, reason):
     with pytest.raises(UnreadableBody, match=reason):
