@@ -139,6 +139,9 @@ class OrderPlacedV1(Message):
     average: WireDecimal | None = None
     reduce_only: bool = False
     placed_at: datetime
+    price: WireDecimal | None = None  # a limit order's price
+    stop_loss: WireDecimal | None = None
+    take_profit: WireDecimal | None = None
 
 
 class OrderFailedV1(Message):

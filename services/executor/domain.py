@@ -21,6 +21,9 @@ class OrderPlan:
     side: str  # buy | sell
     amount: Decimal
     reduce_only: bool
+    price: Decimal | None = None  # a limit order's price; None for a market order
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -125,5 +128,34 @@ def close_plan(action: Action, positions: dict[str, Decimal], qty: Decimal | Non
     return OrderPlan(side="sell" if side == "long" else "buy", amount=amount, reduce_only=True)
 
 
-def open_plan(signal: SignalReceivedV1, amount: Decimal) -> OrderPlan:
-    return OrderPlan(side=_open_side(signal.action), amount=amount, reduce_only=signal.reduce_only)
+def open_side(signal: SignalReceivedV1) -> str:
+    return _open_side(signal.action)
+
+
+def position_side(side: str, hedged: bool) -> str:
+    """Which side's leverage an opening order uses: LONG or SHORT in hedge mode, BOTH in one-way mode."""
+    if not hedged:
+        return "BOTH"
+    return "LONG" if side == "buy" else "SHORT"
+
+
+def protection(signal: SignalReceivedV1, side: str, reference: Decimal) -> tuple[Decimal | None, Decimal | None]:
+    """The stop-loss and take-profit trigger prices of an opening order: as given, or a percent from `reference`
+    (the limit price, or the market price the order fills at). One on the wrong side would fire at once: refused."""
+    long = side == "buy"
+
+    def away(pct: Decimal, further: bool) -> Decimal:
+        step = reference * pct / Decimal(100)
+        return reference - step if long != further else reference + step
+
+    stop_loss = signal.sl if signal.sl is not None else (away(signal.sl_pct, False) if signal.sl_pct is not None else None)
+    take_profit = signal.tp if signal.tp is not None else (away(signal.tp_pct, True) if signal.tp_pct is not None else None)
+    where = "below" if long else "above"
+    if stop_loss is not None and (stop_loss <= 0 or (stop_loss >= reference if long else stop_loss <= reference)):
+        raise CannotPlace(f"the stop-loss {stop_loss.normalize():f} must be {where} the price {reference.normalize():f} "
+                          f"for a {'long' if long else 'short'}: it would fire at once")
+    where = "above" if long else "below"
+    if take_profit is not None and (take_profit <= 0 or (take_profit <= reference if long else take_profit >= reference)):
+        raise CannotPlace(f"the take-profit {take_profit.normalize():f} must be {where} the price {reference.normalize():f} "
+                          f"for a {'long' if long else 'short'}")
+    return stop_loss, take_profit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,8 @@ import ccxt.async_support as ccxt
 from shared.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
+
+SETTINGS_TTL_S = 60.0
 
 
 class ExchangeUnavailable(TemporaryError):
@@ -120,6 +123,10 @@ class BingxExchange:
             # After set_sandbox_mode, which replaces urls['api'] (bingx-ccxt-wire.md §1).
             self._client.urls["api"] = {section: f"{base_url}/openApi" for section in self._client.urls["api"]}
         self.hedged = False
+        # What the venue holds, kept in step with our own changes, so only what differs is set. Asked again after
+        # SETTINGS_TTL_S: a trader may change it in BingX's app meanwhile.
+        self._leverage: dict[str, tuple[float, dict[str, int]]] = {}  # symbol -> (learned at, side -> leverage)
+        self._margin_mode: dict[str, tuple[float, str]] = {}
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -149,6 +156,9 @@ class BingxExchange:
             min_cost=_dec((limits.get("cost") or {}).get("min")),
         )
 
+    def price_to_precision(self, symbol: str, price: Decimal) -> Decimal:
+        return Decimal(self._client.price_to_precision(symbol, float(price)))
+
     def amount_to_precision(self, symbol: str, amount: Decimal) -> Decimal:
         try:
             return Decimal(self._client.amount_to_precision(symbol, float(amount)))
@@ -175,14 +185,58 @@ class BingxExchange:
                 found.append(Position(symbol=symbol, side=item.get("side"), contracts=contracts, entry_price=_dec(item.get("entryPrice"))))
         return found
 
-    async def create_market_order(self, symbol: str, side: str, amount: Decimal, *, client_order_id: str, reduce_only: bool) -> PlacedOrder:
+    async def create_order(self, symbol: str, side: str, amount: Decimal, *, client_order_id: str, reduce_only: bool,
+                           price: Decimal | None = None, stop_loss: Decimal | None = None,
+                           take_profit: Decimal | None = None) -> PlacedOrder:
+        """A market order, or a limit order at `price`; a stop-loss and take-profit ride with it (BingX places them
+        as conditional orders once it fills), so an entry never exists at the venue without its protection."""
         params: dict[str, Any] = {"clientOrderId": client_order_id}
         if self.hedged:
             params["hedged"] = True
         if reduce_only:
             params["reduceOnly"] = True
-        order = await self._call("create_order", symbol, "market", side, float(amount), None, params)
+        if stop_loss is not None:
+            params["stopLoss"] = {"triggerPrice": float(stop_loss)}
+        if take_profit is not None:
+            params["takeProfit"] = {"triggerPrice": float(take_profit)}
+        kind = "market" if price is None else "limit"
+        order = await self._call("create_order", symbol, kind, side, float(amount), None if price is None else float(price), params)
         return self._placed(order, symbol, side, amount, client_order_id, reduce_only)
+
+    async def ensure_leverage(self, symbol: str, leverage: int, position_side: str) -> None:
+        """Set the leverage of one side (`LONG`/`SHORT` in hedge mode, `BOTH` in one-way) unless it already is."""
+        if await self.leverage(symbol, position_side) == leverage:
+            return
+        await self._call("set_leverage", leverage, symbol, {"side": position_side})
+        sides = self._leverage[symbol][1]
+        sides.update(dict.fromkeys(("LONG", "SHORT", "BOTH") if position_side == "BOTH" else (position_side,), leverage))
+        log.info("leverage set", extra={"symbol": symbol, "leverage": leverage, "position_side": position_side})
+
+    async def leverage(self, symbol: str, position_side: str) -> int:
+        """The venue's leverage for one side of the symbol."""
+        known = self._leverage.get(symbol)
+        if known is None or time.monotonic() - known[0] > SETTINGS_TTL_S:
+            current = await self._call("fetch_leverage", symbol)
+            long_, short = int(current.get("longLeverage") or 1), int(current.get("shortLeverage") or 1)
+            known = self._leverage[symbol] = (time.monotonic(), {"LONG": long_, "SHORT": short, "BOTH": long_})
+        return known[1][position_side]
+
+    async def ensure_margin_mode(self, symbol: str, mode: str) -> None:
+        """`isolated` or `cross` for the symbol, unless it already is (BingX refuses a change while anything is open)."""
+        known = self._margin_mode.get(symbol)
+        if known is None or time.monotonic() - known[0] > SETTINGS_TTL_S:
+            current = await self._call("fetch_margin_mode", symbol)
+            known = self._margin_mode[symbol] = (time.monotonic(), current.get("marginMode"))
+        if known[1] == mode:
+            return
+        await self._call("set_margin_mode", mode, symbol)
+        self._margin_mode[symbol] = (time.monotonic(), mode)
+        log.info("margin mode set", extra={"symbol": symbol, "margin_mode": mode})
+
+    def forget_settings(self, symbol: str) -> None:
+        """After a refused order or change the venue may hold something else: ask it again next time."""
+        self._leverage.pop(symbol, None)
+        self._margin_mode.pop(symbol, None)
 
     async def find_order(self, symbol: str, client_order_id: str) -> PlacedOrder | None:
         """Ask the venue for an order by our client order id: the check before anything is sent again."""

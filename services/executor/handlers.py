@@ -9,6 +9,7 @@ client order id before anything is sent again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from services.executor.exchange import (
 from shared.contracts import (
     KillSwitchMode,
     Message,
+    OrderType,
     OrderFailedV1,
     OrderPlacedV1,
     SignalExpiredV1,
@@ -52,7 +54,6 @@ RECEIVED, SUBMITTING = "received", "submitting"
 PLACED, FAILED, SKIPPED, EXPIRED = "placed", "failed", "skipped", "expired"
 UNKNOWN = "unknown"  # an order may or may not be at the venue: an operator must look
 TERMINAL = frozenset({PLACED, FAILED, SKIPPED, EXPIRED, UNKNOWN})
-DEFAULT_LEVERAGE = 1
 
 
 class KillSwitchUnknown(TemporaryError):
@@ -110,6 +111,7 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         await _execute(signal, document, deps)
     except OrderRejected as error:
         # Refused for good (a revoked key, a bad request) wherever it happened: recorded and reported, never dropped.
+        deps.exchange.forget_settings(signal.symbol)
         deps.metrics.failures.labels(error.error_type).inc()
         await _fail(deps, signal, error.reason, error.error_type)
 
@@ -129,7 +131,7 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
             return
         if found is not None:
             log.warning("order found at the venue after an interrupted attempt", extra={"order_id": found.order_id})
-            await _record_placed(deps, signal, found)
+            await _record_placed(deps, signal, found, document.get("plan") or {})
             return
 
     if deps.view.mode is None:
@@ -165,15 +167,16 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
         ), reason=plan.reason)
         return
 
+    planned = dataclasses.asdict(plan)
     await deps.db.signals.update_one(
         {"_id": signal.signal_id},
-        {"$set": {"status": SUBMITTING, "client_order_id": client_id, "updated_at": utcnow(),
-                  "plan": {"side": plan.side, "amount": plan.amount, "reduce_only": plan.reduce_only}},
+        {"$set": {"status": SUBMITTING, "client_order_id": client_id, "updated_at": utcnow(), "plan": planned},
          "$inc": {"attempts": 1}},
     )
     try:
-        placed = await deps.exchange.create_market_order(
-            signal.symbol, plan.side, plan.amount, client_order_id=client_id, reduce_only=plan.reduce_only
+        placed = await deps.exchange.create_order(
+            signal.symbol, plan.side, plan.amount, client_order_id=client_id, reduce_only=plan.reduce_only,
+            price=plan.price, stop_loss=plan.stop_loss, take_profit=plan.take_profit,
         )
     except AlreadyPlaced:
         placed = await deps.exchange.find_order(signal.symbol, client_id)
@@ -184,35 +187,49 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
         placed = await deps.exchange.find_order(signal.symbol, client_id)
         if placed is None:
             raise  # redelivered later; the `submitting` status sends it through the lookup first
-    await _record_placed(deps, signal, placed)
+    await _record_placed(deps, signal, placed, planned)
 
 
 async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> OrderPlan | NothingToDo:
-    market = deps.exchange.market(signal.symbol)
+    exchange = deps.exchange
+    market = exchange.market(signal.symbol)
     if market is None:
         raise CannotPlace(f"{signal.symbol} is not a perpetual market at BingX")
     if not market.active:
         raise CannotPlace(f"{signal.symbol} is not trading at BingX right now")
-    if signal.order_type.value != "market":
-        raise CannotPlace("limit orders are not supported yet")
-    unsupported = [name for name in ("tp", "sl", "tp_pct", "sl_pct", "leverage", "margin_mode") if getattr(signal, name) is not None]
-    if unsupported:
-        # Never place an entry without the protection or the leverage the trader asked for.
-        raise CannotPlace(f"{', '.join(unsupported)} not supported yet: the order was not placed")
+    limit_price = None
+    if signal.order_type is OrderType.LIMIT:
+        if signal.price is None or signal.price <= 0:
+            raise CannotPlace("a limit order needs a positive price")
+        limit_price = exchange.price_to_precision(signal.symbol, signal.price)
     if signal.action.opens and not signal.reduce_only:
-        price = await deps.exchange.price(signal.symbol)
-        free = await deps.exchange.free_margin() if signal.percent is not None else Decimal(0)
-        raw = domain.open_amount(signal, price=price, free_margin=free, leverage=signal.leverage or DEFAULT_LEVERAGE)
-        amount = deps.exchange.amount_to_precision(signal.symbol, raw)
-        domain.check_minimums(amount, price, min_amount=market.min_amount, min_cost=market.min_cost, symbol=signal.symbol)
-        return domain.open_plan(signal, amount)
-    positions = {p.side: p.contracts for p in await deps.exchange.positions(signal.symbol)}
+        side = domain.open_side(signal)
+        position_side = domain.position_side(side, exchange.hedged)
+        # Set before the order, or the order is not sent: never an entry without the leverage or margin asked for.
+        if signal.margin_mode is not None:
+            await exchange.ensure_margin_mode(signal.symbol, signal.margin_mode)
+        if signal.leverage is not None:
+            await exchange.ensure_leverage(signal.symbol, signal.leverage, position_side)
+        leverage = signal.leverage or await exchange.leverage(signal.symbol, position_side)
+        reference = limit_price or await exchange.price(signal.symbol)
+        free = await exchange.free_margin() if signal.percent is not None else Decimal(0)
+        raw = domain.open_amount(signal, price=reference, free_margin=free, leverage=leverage)
+        amount = exchange.amount_to_precision(signal.symbol, raw)
+        domain.check_minimums(amount, reference, min_amount=market.min_amount, min_cost=market.min_cost, symbol=signal.symbol)
+        stop_loss, take_profit = domain.protection(signal, side, reference)
+        return OrderPlan(
+            side=side, amount=amount, reduce_only=False, price=limit_price,
+            stop_loss=None if stop_loss is None else exchange.price_to_precision(signal.symbol, stop_loss),
+            take_profit=None if take_profit is None else exchange.price_to_precision(signal.symbol, take_profit),
+        )
+    # A close: leverage, margin mode and protection belong to the position it closes, and are left as they are.
+    positions = {p.side: p.contracts for p in await exchange.positions(signal.symbol)}
     plan = domain.close_plan(domain.closing_action(signal.action), positions, signal.qty, signal.percent)
     if isinstance(plan, OrderPlan):
-        amount = deps.exchange.amount_to_precision(signal.symbol, plan.amount)
+        amount = exchange.amount_to_precision(signal.symbol, plan.amount)
         if amount <= 0:
             raise CannotPlace(f"the size to close rounds to zero at {signal.symbol}'s precision")
-        plan = OrderPlan(side=plan.side, amount=amount, reduce_only=True)
+        plan = OrderPlan(side=plan.side, amount=amount, reduce_only=True, price=limit_price)
     return plan
 
 
@@ -308,7 +325,7 @@ async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error
     ), reason=reason, error_type=error_type)
 
 
-async def _record_placed(deps: ExecutorDeps, signal: SignalReceivedV1, placed: PlacedOrder) -> None:
+async def _record_placed(deps: ExecutorDeps, signal: SignalReceivedV1, placed: PlacedOrder, plan: dict) -> None:
     now = utcnow()
     await deps.db.orders.update_one(
         {"client_order_id": placed.client_order_id},
@@ -319,7 +336,10 @@ async def _record_placed(deps: ExecutorDeps, signal: SignalReceivedV1, placed: P
             "account": signal.account,
             "symbol": placed.symbol,
             "side": placed.side,
-            "type": "market",
+            "type": "limit" if plan.get("price") is not None else "market",
+            "price": plan.get("price"),
+            "stop_loss": plan.get("stop_loss"),
+            "take_profit": plan.get("take_profit"),
             "amount": placed.amount,
             "reduce_only": placed.reduce_only,
             "status": placed.status,
@@ -335,6 +355,7 @@ async def _record_placed(deps: ExecutorDeps, signal: SignalReceivedV1, placed: P
         signal_id=signal.signal_id, account=signal.account, symbol=placed.symbol, side=placed.side,  # type: ignore[arg-type]
         amount=placed.amount, order_id=placed.order_id, client_order_id=placed.client_order_id, status=placed.status,
         filled=placed.filled, average=placed.average, reduce_only=placed.reduce_only, placed_at=now,
+        price=plan.get("price"), stop_loss=plan.get("stop_loss"), take_profit=plan.get("take_profit"),
     ), order_id=placed.order_id)
 
 

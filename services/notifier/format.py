@@ -30,10 +30,18 @@ def render(event: Message) -> str | None:
     """The message for an event, or None for events that are not told to the trader."""
     if isinstance(event, OrderPlacedV1):
         verb = "CLOSE" if event.reduce_only else event.side.upper()
-        price = f" @ {_num(event.average)}" if event.average is not None else ""
+        if event.average is not None:
+            price = f" @ {_num(event.average)}"
+        elif event.price is not None:
+            price = f" limit @ {_num(event.price)}"
+        else:
+            price = ""
+        protection = " · ".join(f"{name} {_num(value)}" for name, value in (("SL", event.stop_loss), ("TP", event.take_profit))
+                                if value is not None)
         return (
             f"✅ <b>{escape(verb)}</b> {_num(event.amount)} {escape(event.symbol)}{price}\n"
-            f"order {escape(event.order_id)} · {escape(event.status or 'sent')} · signal <code>{_ref(event.signal_id)}</code>"
+            + (f"{protection}\n" if protection else "")
+            + f"order {escape(event.order_id)} · {escape(event.status or 'sent')} · signal <code>{_ref(event.signal_id)}</code>"
         )
     if isinstance(event, OrderFailedV1):
         return (

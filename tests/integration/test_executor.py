@@ -246,8 +246,11 @@ async def test_closing_never_opens_the_other_side(amqp_url, mongo_uri, mongo_db_
         ({"qty": Decimal("100")}, "Insufficient margin"),
         ({"qty": Decimal("0.00001")}, "rounds to zero"),
         ({"symbol": "NOPE/USDT:USDT", "qty": Decimal("1")}, "not a perpetual market"),
-        ({"qty": Decimal("0.01"), "sl": Decimal("55000")}, "sl not supported yet: the order was not placed"),
-        ({"qty": Decimal("0.01"), "leverage": 20}, "leverage not supported yet"),
+        ({"qty": Decimal("0.01"), "sl": Decimal("61000")}, "the stop-loss 61000 must be below the price 60000 for a long"),
+        ({"action": "sell", "qty": Decimal("0.01"), "tp_pct": Decimal("2"), "sl": Decimal("59000")}, "must be above the price"),
+        ({"qty": Decimal("0.01"), "tp": Decimal("59000")}, "the take-profit 59000 must be above the price 60000"),
+        ({"qty": Decimal("0.01"), "leverage": 500}, "BingX code"),  # over the market's maximum: BingX's own words
+        ({"qty": Decimal("0.01"), "order_type": "limit"}, "a limit order needs a positive price"),
     ],
 )
 async def test_an_order_that_cannot_be_placed_fails_with_the_reason(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, fields, reason):
@@ -324,3 +327,75 @@ async def test_a_resend_named_differently_by_another_ingress_is_executed_once(am
         assert (await h.settled(later))["status"] == "placed"
         assert (await h.settled(other))["status"] == "placed"
         assert [o["amount"] for o in await h.venue_orders()] == [0.01, 0.01, 0.01]
+
+
+async def open_orders(h: Harness) -> dict[str, dict]:
+    """The venue's open orders by BingX's own type (LIMIT, STOP_MARKET, TAKE_PROFIT_MARKET)."""
+    return {o["info"]["type"]: o for o in await h.ccxt.fetch_open_orders(BTC)}
+
+
+async def test_leverage_and_margin_mode_are_set_before_the_entry(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(qty=Decimal("0.01"), leverage=20, margin_mode="isolated")
+        assert (await h.settled(signal))["status"] == "placed"
+        leverage = await h.ccxt.fetch_leverage(BTC)
+        assert (leverage["longLeverage"], leverage["shortLeverage"]) == (20, 20)  # one-way mode: BOTH
+        assert (await h.ccxt.fetch_margin_mode(BTC))["marginMode"] == "isolated"
+        position = await h.position()
+        assert position["leverage"] == 20 and position["marginMode"] == "isolated"
+
+        # Sized by percent without a leverage in the alert: the venue's leverage (20x) applies.
+        free = Decimal(str((await h.ccxt.fetch_balance())["USDT"]["free"]))
+        more = await h.send(percent=Decimal("10"))
+        assert (await h.settled(more))["status"] == "placed"
+        [order] = await mongo_db.orders.find({"signal_id": more.signal_id}).to_list(None)
+        expected = (free * Decimal("0.10") * 20 / Decimal("60000")).quantize(Decimal("0.0001"), rounding="ROUND_DOWN")
+        assert order["amount"] == expected
+
+
+async def test_an_entry_carries_its_stop_loss_and_take_profit_and_the_stop_fires(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    from tests.integration.test_bingx_sim import admin
+
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(qty=Decimal("0.01"), sl=Decimal("58000"), tp=Decimal("63000"))
+        assert (await h.settled(signal))["status"] == "placed"
+        orders = await open_orders(h)
+        assert orders["STOP_MARKET"]["stopLossPrice"] == 58000 and orders["TAKE_PROFIT_MARKET"]["takeProfitPrice"] == 63000
+        [record] = await mongo_db.orders.find({"signal_id": signal.signal_id}).to_list(None)
+        assert (record["stop_loss"], record["take_profit"]) == (Decimal("58000"), Decimal("63000"))
+        [placed] = await wait_for(lambda: events_of(h, "OrderPlacedV1", signal.signal_id), what="OrderPlacedV1")
+        assert (placed.stop_loss, placed.take_profit) == (Decimal("58000"), Decimal("63000"))
+
+        await admin(h.base_url, "POST", "/_sim/prices", {"BTC-USDT": "57900"})
+        assert await h.position() is None  # the stop fired at the venue, without us
+
+
+async def test_percent_protection_is_measured_from_the_price_of_the_entry(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(action="short", qty=Decimal("0.01"), sl_pct=Decimal("2"), tp_pct=Decimal("5"))
+        assert (await h.settled(signal))["status"] == "placed"
+        orders = await open_orders(h)
+        assert orders["STOP_MARKET"]["stopLossPrice"] == 61200 and orders["TAKE_PROFIT_MARKET"]["takeProfitPrice"] == 57000
+        assert (await h.position())["side"] == "short"
+
+
+async def test_a_limit_entry_rests_until_the_price_comes_to_it(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    from tests.integration.test_bingx_sim import admin
+
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(order_type="limit", price=Decimal("59000.04"), usdt=Decimal("590"), sl_pct=Decimal("1"))
+        assert (await h.settled(signal))["status"] == "placed"
+        [record] = await mongo_db.orders.find({"signal_id": signal.signal_id}).to_list(None)
+        assert record["type"] == "limit" and record["price"] == Decimal("59000") and record["amount"] == Decimal("0.01")
+        assert record["stop_loss"] == Decimal("58410")  # 1 % under the limit price, where it fills
+        assert record["status"] == "open" and await h.position() is None
+        assert (await open_orders(h))["LIMIT"]["price"] == 59000
+
+        await admin(h.base_url, "POST", "/_sim/prices", {"BTC-USDT": "58990"})
+        position = await wait_for(h.position, what="the limit order to fill")
+        assert position["side"] == "long" and position["contracts"] == 0.01
+        assert (await open_orders(h))["STOP_MARKET"]["stopLossPrice"] == 58410

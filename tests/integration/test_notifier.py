@@ -83,3 +83,13 @@ async def test_an_unknown_chat_is_recorded_and_the_others_still_get_theirs(amqp_
     assert "Insufficient margin &lt;101204&gt; &amp; more" in messenger.sent[0][1]  # escaped for Telegram's HTML
     refused = await mongo_db.notifications.find_one({"signal_id": "sig-9", "chat_id": 111})
     assert refused["sent"] is False and "PEER_ID_INVALID" in refused["error"]
+
+
+def test_a_limit_entry_tells_its_price_and_protection():
+    from services.notifier.format import render
+
+    event = OrderPlacedV1(signal_id="sig-2", account="default", symbol="BTC/USDT:USDT", side="buy", amount=Decimal("0.01"),
+                          order_id="7", client_order_id="c", status="open", price=Decimal("59000"), stop_loss=Decimal("58410"),
+                          take_profit=Decimal("61000"), placed_at=utcnow())
+    assert render(event) == ("✅ <b>BUY</b> 0.01 BTC/USDT:USDT limit @ 59000\nSL 58410 · TP 61000\n"
+                             "order 7 · open · signal <code>sig-2</code>")

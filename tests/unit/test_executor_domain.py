@@ -76,3 +76,36 @@ def test_client_order_ids_are_stable_lowercase_and_fit_bingx():
     assert cid == domain.client_order_id("alert-1") != domain.client_order_id("alert-2")
     assert cid == cid.lower() and len(cid) <= 40
     assert domain.client_order_id("alert-1", leg=1) != cid
+
+
+@pytest.mark.parametrize(
+    ("fields", "side", "expected"),
+    [
+        ({"sl": Decimal("58000"), "tp": Decimal("63000")}, "buy", (Decimal("58000"), Decimal("63000"))),
+        ({"sl_pct": Decimal("2"), "tp_pct": Decimal("5")}, "buy", (Decimal("58800"), Decimal("63000"))),
+        ({"sl_pct": Decimal("2"), "tp_pct": Decimal("5")}, "sell", (Decimal("61200"), Decimal("57000"))),
+        ({"sl": Decimal("59000"), "sl_pct": Decimal("50")}, "buy", (Decimal("59000"), None)),  # a price wins
+        ({}, "sell", (None, None)),
+    ],
+)
+def test_protection_by_price_or_percent_from_the_reference(fields, side, expected):
+    assert domain.protection(make(**fields), side, Decimal("60000")) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "side", "reason"),
+    [
+        ({"sl": Decimal("60000")}, "buy", "the stop-loss 60000 must be below the price 60000 for a long"),
+        ({"sl": Decimal("59999")}, "sell", "the stop-loss 59999 must be above the price 60000 for a short"),
+        ({"tp": Decimal("61000")}, "sell", "the take-profit 61000 must be below the price 60000 for a short"),
+        ({"sl_pct": Decimal("100")}, "buy", "the stop-loss 0 must be below"),  # a stop at zero protects nothing
+    ],
+)
+def test_protection_on_the_wrong_side_is_refused(fields, side, reason):
+    with pytest.raises(CannotPlace, match=reason):
+        domain.protection(make(**fields), side, Decimal("60000"))
+
+
+def test_the_leverage_of_an_entry_is_its_side_in_hedge_mode_and_both_in_one_way_mode():
+    assert [domain.position_side(s, True) for s in ("buy", "sell")] == ["LONG", "SHORT"]
+    assert [domain.position_side(s, False) for s in ("buy", "sell")] == ["BOTH", "BOTH"]
