@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from datetime import timedelta
@@ -399,3 +400,23 @@ async def test_a_limit_entry_rests_until_the_price_comes_to_it(amqp_url, mongo_u
         position = await wait_for(h.position, what="the limit order to fill")
         assert position["side"] == "long" and position["contracts"] == 0.01
         assert (await open_orders(h))["STOP_MARKET"]["stopLossPrice"] == 58410
+
+
+async def test_in_hedge_mode_each_side_has_its_own_leverage_and_closes_touch_only_their_side(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    await venue[1].set_position_mode(True, BTC)  # before the executor starts: it learns the mode at start
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await asyncio.wait_for(h.executor.exchange_ready.wait(), timeout=10)
+        assert h.executor.deps.exchange.hedged
+        await h.set_mode(KillSwitchMode.RUNNING)
+        long_ = await h.send(qty=Decimal("0.02"), leverage=10, sl_pct=Decimal("10"))
+        short = await h.send(action="short", qty=Decimal("0.01"), leverage=3)
+        assert (await h.settled(long_))["status"] == (await h.settled(short))["status"] == "placed"
+        leverage = await h.ccxt.fetch_leverage(BTC)
+        assert (leverage["longLeverage"], leverage["shortLeverage"]) == (10, 3)
+        sides = {p["side"]: p["contracts"] for p in await h.ccxt.fetch_positions([BTC]) if p["contracts"]}
+        assert sides == {"long": 0.02, "short": 0.01}
+
+        close = await h.send(action="close_long", qty=Decimal("5"))  # more than held: closes the long, opens nothing
+        assert (await h.settled(close))["status"] == "placed"
+        sides = {p["side"]: p["contracts"] for p in await h.ccxt.fetch_positions([BTC]) if p["contracts"]}
+        assert sides == {"short": 0.01}
