@@ -204,9 +204,33 @@ class KillSwitchChangedV1(Message):
         return self.mode is KillSwitchMode.RUNNING
 
 
+KILL_SWITCH_STRICTNESS = {KillSwitchMode.RUNNING: 0, KillSwitchMode.ENTRIES_OFF: 1, KillSwitchMode.HALTED: 2}
+
+
+def stricter(a: KillSwitchMode, b: KillSwitchMode) -> KillSwitchMode:
+    return a if KILL_SWITCH_STRICTNESS[a] >= KILL_SWITCH_STRICTNESS[b] else b
+
+
+class KillSwitchTripV1(Message):
+    """A service stops trading by itself (a revoked key, repeated venue failures, a loss limit) and asks the control
+    service, the kill switch's only writer, to make it the state. Applied once, and never to loosen the switch."""
+
+    TYPE: ClassVar[str] = "KillSwitchTripV1"
+    ROUTING_KEY: ClassVar[str] = "control.trip.v1"
+
+    trip_id: str
+    mode: KillSwitchMode
+    reason: str
+    actor: str
+    severity: Literal["SEV1", "SEV2", "SEV3"]
+    signal_id: str | None = None
+    tripped_at: datetime
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1)
+    for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1,
+                KillSwitchTripV1)
 }
 
 

@@ -74,7 +74,9 @@ class QueueSpec:
 # One queue for all signals, one consumer at a time: signals execute in the order they were accepted.
 EXECUTOR_SIGNALS = QueueSpec("executor.signals", SIGNALS_EXCHANGE, ("#",), single_active_consumer=True)
 NOTIFIER_EVENTS = QueueSpec("notifier.events", EVENTS_EXCHANGE, ("#",))
-QUEUES = (EXECUTOR_SIGNALS, NOTIFIER_EVENTS)
+# Services asking the control service to trip the kill switch (KillSwitchTripV1).
+CONTROL_TRIPS = QueueSpec("control.trips", EVENTS_EXCHANGE, ("control.trip.v1",))
+QUEUES = (EXECUTOR_SIGNALS, NOTIFIER_EVENTS, CONTROL_TRIPS)
 CONTROL_STREAM_ARGUMENTS = {"x-queue-type": "stream", "x-max-length-bytes": 100_000_000}
 
 

@@ -16,8 +16,9 @@ from services.control import handlers
 from services.control.bootstrap import Control
 from services.control.domain import InvalidChange, initial_mode, requested_mode
 from shared import mongo
-from shared.contracts import KillSwitchChangedV1, KillSwitchMode
-from shared.messaging import PublishFailed
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, Message
+from shared.errors import PermanentError
+from shared.messaging import CONTROL_TRIPS, Consumer, PublishFailed
 from shared.runtime import raise_if_cancelling
 from shared.observability import tracing_middleware, Readiness, add_health_routes
 
@@ -153,7 +154,18 @@ def create_app(control: Control, registry: CollectorRegistry | None = None) -> w
         state = await handlers.bootstrap_state(control.deps, initial_mode(control.settings.initial_autotrade_effective))
         app[METRICS_KEY].show(state)
         keeper = asyncio.create_task(_keep_distributed(control, app[METRICS_KEY]))
+
+        async def on_trip(message: Message, _raw: object) -> None:
+            if not isinstance(message, KillSwitchTripV1):
+                raise PermanentError(f"{type(message).__name__} does not belong on {CONTROL_TRIPS.name}")
+            tripped = await handlers.apply_trip(control.deps, message)
+            if tripped is not None:
+                app[METRICS_KEY].show(tripped)
+
+        trips = Consumer(channel=await control.connection.channel(), queue_name=CONTROL_TRIPS.name, handler=on_trip, name="control")
+        await trips.start()
         yield
+        await trips.stop()
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
 

@@ -10,7 +10,7 @@ from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.contracts import KillSwitchChangedV1, KillSwitchMode, utcnow
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, stricter, utcnow
 from shared.killswitch import KillSwitchView
 from shared.messaging import CONTROL_STREAM, EVENTS_EXCHANGE, Publisher, PublishFailed
 
@@ -91,6 +91,27 @@ async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, re
                "previous_mode": previous.mode.value if previous else None},
     )
     await distribute(deps, state)
+    return state
+
+
+async def apply_trip(deps: ControlDeps, trip: KillSwitchTripV1) -> KillSwitchChangedV1 | None:
+    """A service tripped the kill switch: make it the state, once per trip, and never loosen the switch.
+
+    A trip already applied is not applied again, so a redelivered one cannot undo a later decision to trade.
+    """
+    if await deps.db.control_trips.find_one({"_id": trip.trip_id}) is not None:
+        return None
+    current = await current_state(deps)
+    state = None
+    if current is None or stricter(current.mode, trip.mode) is not current.mode:
+        state = await change_mode(deps, trip.mode, actor=trip.actor, reason=f"{trip.severity}: {trip.reason}")
+    else:
+        log.warning("kill-switch trip not applied: the switch is already as strict", extra={"mode": current.mode.value, "actor": trip.actor})
+    await deps.db.control_trips.update_one(
+        {"_id": trip.trip_id},
+        {"$setOnInsert": {**trip.model_dump(mode="python"), "applied_version": state.version if state else None, "at": utcnow()}},
+        upsert=True,
+    )
     return state
 
 

@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from services.executor.exchange import BingxExchange, ExchangeUnavailable
-from services.executor.handlers import ExecutorDeps, ExecutorMetrics
+from services.executor.handlers import Breaker, ExecutorDeps, ExecutorMetrics
 from services.executor.settings import ExecutorSettings
 from shared import messaging
 from shared.bootstrap import open_infrastructure
@@ -67,7 +67,8 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
         metrics = ExecutorMetrics(registry)
         metrics.show_mode(None)
         view.on_change(lambda state: metrics.show_mode(state.mode if state else None))
-        deps = ExecutorDeps(db=db, publisher=publisher, exchange=exchange, view=view, metrics=metrics)
+        deps = ExecutorDeps(db=db, publisher=publisher, exchange=exchange, view=view, metrics=metrics,
+                            breaker=Breaker(max_consecutive_failures=settings.executor_max_consecutive_failures))
         executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
 
         starting = asyncio.create_task(_start_exchange(exchange, executor.exchange_ready))

@@ -26,12 +26,14 @@ from services.executor.domain import CannotPlace, NothingToDo, OrderPlan
 from services.executor.exchange import (
     AlreadyPlaced,
     BingxExchange,
+    ExchangeAuthFailed,
     ExchangeUnavailable,
     OrderRejected,
     PlacedOrder,
 )
 from shared.contracts import (
     KillSwitchMode,
+    KillSwitchTripV1,
     Message,
     OrderType,
     OrderFailedV1,
@@ -41,11 +43,12 @@ from shared.contracts import (
     SignalSkippedV1,
     decode,
     encode,
+    stricter,
     utcnow,
 )
 from shared.errors import TemporaryError
 from shared.killswitch import KillSwitchView
-from shared.messaging import EVENTS_EXCHANGE, Publisher
+from shared.messaging import EVENTS_EXCHANGE, PublishFailed, Publisher
 from shared.observability import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -71,11 +74,34 @@ class ExecutorMetrics:
         self.signal_to_order = Histogram(
             "tvtb_signal_to_order_seconds", "From the ingress accepting a signal to the venue confirming its order", buckets=LATENCY_BUCKETS, registry=registry
         )
+        self.alerts = Counter("tvtb_alerts_total", "Alerts raised for an operator, by severity and kind", ["severity", "kind"], registry=registry)
         self.mode = Gauge("tvtb_killswitch_mode", "Kill-switch mode this service believes (1 for the current one)", ["mode"], registry=registry)
 
     def show_mode(self, mode: KillSwitchMode | None) -> None:
         for candidate in KillSwitchMode:
             self.mode.labels(candidate.value).set(1 if candidate is mode else 0)
+
+
+@dataclass
+class Breaker:
+    """The executor's own brake. It holds from the moment the executor asks for the kill switch (a revoked key,
+    the venue failing again and again), before the control service has answered or even when it is away, until
+    a kill-switch version newer than the one then in force is learned: someone has decided since."""
+
+    max_consecutive_failures: int = 5
+    consecutive_failures: int = 0
+    tripped: KillSwitchTripV1 | None = None
+    tripped_under_version: int = 0
+
+    def mode(self, view: KillSwitchView) -> KillSwitchMode | None:
+        """The mode to obey: the kill switch's, made stricter by a trip nobody has answered yet."""
+        mode = view.mode
+        if mode is None or self.tripped is None:
+            return mode
+        if view.state is not None and view.state.version > self.tripped_under_version:
+            self.tripped = None  # a newer decision was made after the trip: it rules
+            return mode
+        return stricter(mode, self.tripped.mode)
 
 
 @dataclass
@@ -85,6 +111,7 @@ class ExecutorDeps:
     exchange: BingxExchange
     view: KillSwitchView
     metrics: ExecutorMetrics
+    breaker: Breaker = dataclasses.field(default_factory=Breaker)
 
 
 async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
@@ -113,7 +140,34 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         # Refused for good (a revoked key, a bad request) wherever it happened: recorded and reported, never dropped.
         deps.exchange.forget_settings(signal.symbol)
         deps.metrics.failures.labels(error.error_type).inc()
+        if isinstance(error, ExchangeAuthFailed):
+            await _trip(deps, KillSwitchMode.HALTED, "SEV1", signal.signal_id,
+                        f"BingX refused the API key ({error.reason}): it may be revoked or leaked; check it before trading again")
         await _fail(deps, signal, error.reason, error.error_type)
+    except ExchangeUnavailable:
+        deps.breaker.consecutive_failures += 1
+        if deps.breaker.consecutive_failures == deps.breaker.max_consecutive_failures:
+            await _trip(deps, KillSwitchMode.ENTRIES_OFF, "SEV2", signal.signal_id,
+                        f"BingX failed {deps.breaker.consecutive_failures} times in a row; entries are off until someone looks")
+        raise  # the message goes back to the queue and is tried again after a backoff
+    else:
+        deps.breaker.consecutive_failures = 0
+
+
+async def _trip(deps: ExecutorDeps, mode: KillSwitchMode, severity: str, signal_id: str, reason: str) -> None:
+    """Stop trading here at once, and ask the control service to make it the kill switch's state for everyone."""
+    breaker = deps.breaker
+    trip = KillSwitchTripV1(trip_id=f"executor:{signal_id}:{mode.value}", mode=mode, reason=reason, actor="executor",
+                            severity=severity, signal_id=signal_id, tripped_at=utcnow())  # type: ignore[arg-type]
+    if breaker.tripped is None or stricter(breaker.tripped.mode, mode) is mode:
+        breaker.tripped = trip
+        breaker.tripped_under_version = deps.view.state.version if deps.view.state is not None else 0
+    deps.metrics.alerts.labels(severity, "kill_switch_tripped").inc()
+    log.error("kill switch tripped by the executor", extra={"mode": mode.value, "severity": severity, "reason": reason})
+    try:
+        await deps.publisher.publish(trip, exchange=EVENTS_EXCHANGE, message_id=trip.trip_id)
+    except PublishFailed:  # this executor stays stopped all the same (its breaker holds); the log and metric say why
+        log.error("the kill-switch trip could not be sent to the control service", exc_info=True)
 
 
 async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps) -> None:
@@ -134,16 +188,19 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
             await _record_placed(deps, signal, found, document.get("plan") or {})
             return
 
-    if deps.view.mode is None:
+    mode = deps.breaker.mode(deps.view)
+    if mode is None:
         # The link to the control stream was lost: wait (the message goes back) rather than guess or skip.
         raise KillSwitchUnknown("the kill-switch state is not known at the moment")
     now = utcnow()
-    refusal = domain.kill_switch_refusal(deps.view.mode, signal.action, signal.reduce_only)
+    refusal = domain.kill_switch_refusal(mode, signal.action, signal.reduce_only)
     if refusal is not None:
+        if deps.breaker.tripped is not None and mode is not deps.view.mode:
+            refusal = f"{refusal} (tripped by the executor: {deps.breaker.tripped.reason})"
         await _finish(deps, signal, SKIPPED, SignalSkippedV1(
             signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
-            reason=refusal, mode=deps.view.mode, skipped_at=now,
-        ), reason=refusal, mode=deps.view.mode.value if deps.view.mode else None)
+            reason=refusal, mode=mode, skipped_at=now,
+        ), reason=refusal, mode=mode.value)
         return
 
     age = domain.age_seconds(signal, now)

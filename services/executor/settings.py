@@ -17,6 +17,8 @@ class ExecutorSettings(ServiceSettings):
     exchange_timeout_s: float = Field(default=10.0, gt=0)
     # ccxt's client-side throttle (BingX allows about 5 orders/s per key). Off by default only against the simulator.
     exchange_rate_limit: bool | None = None
+    # This many venue failures in a row (unreachable, timing out, busy) turn entries off by themselves.
+    executor_max_consecutive_failures: int = Field(default=5, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _venue(self) -> "ExecutorSettings":

@@ -7,6 +7,7 @@ from html import escape
 
 from shared.contracts import (
     KillSwitchChangedV1,
+    KillSwitchTripV1,
     Message,
     OrderFailedV1,
     OrderPlacedV1,
@@ -62,5 +63,11 @@ def render(event: Message) -> str | None:
         return (
             f"🛑 <b>Kill switch: {escape(event.mode.value)}</b> (v{event.version})\n"
             f"by {escape(event.actor)}: {escape(event.reason)}"
+        )
+    if isinstance(event, KillSwitchTripV1):
+        # Told at once, whether or not the control service is there to make it the state.
+        return (
+            f"🚨 <b>{escape(event.severity)}: the {escape(event.actor)} stopped trading ({escape(event.mode.value)})</b>\n"
+            f"{escape(event.reason)}"
         )
     return None

@@ -167,3 +167,48 @@ async def test_a_newer_state_on_the_stream_than_in_the_database_is_adopted_not_u
         assert (body["version"], body["mode"], body["set_by"]) == (5, "halted", "telegram:42")  # not a fresh install
         changed = await (await client.put("/bot/settings", json={"autotrade": True}, headers=AUTH)).json()
     assert changed["version"] == 6  # above what every reader has seen, so it takes effect
+
+
+async def test_a_services_trip_becomes_the_state_once_and_never_loosens_the_switch(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from shared.contracts import KillSwitchTripV1
+
+    def trip(trip_id: str, mode: KillSwitchMode) -> KillSwitchTripV1:
+        return KillSwitchTripV1(trip_id=trip_id, mode=mode, reason="BingX refused the API key", actor="executor",
+                                severity="SEV1", signal_id="sig-1", tripped_at=utcnow())
+
+    async def mode_is(client, mode: str, version: int) -> bool:
+        body = await (await client.get("/bot/settings", headers=AUTH)).json()
+        return body["mode"] == mode and body["version"] == version
+
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client:
+        connection = await messaging.connect(amqp_url, "test-executor")
+        try:
+            publisher = await messaging.Publisher.open(connection)
+            revoked = trip("executor:sig-1:halted", KillSwitchMode.HALTED)
+            await publisher.publish(revoked, exchange=messaging.EVENTS_EXCHANGE, message_id=revoked.trip_id)
+            await wait_for(lambda: mode_is(client, "halted", 2), what="the trip to halt trading")
+            body = await (await client.get("/bot/settings", headers=AUTH)).json()
+            assert body["set_by"] == "executor" and body["reason"] == "SEV1: BingX refused the API key"
+
+            # An operator looks and turns trading back on; the same trip delivered again must not undo that.
+            response = await client.put("/bot/settings", json={"autotrade": True, "reason": "key rotated"}, headers=AUTH)
+            assert response.status == 200, await response.text()
+            await publisher.publish(revoked, exchange=messaging.EVENTS_EXCHANGE, message_id=revoked.trip_id)
+            # A trip to entries_off while halted would loosen the switch: not applied. Sent after the redelivery,
+            # it also tells when the redelivery has been handled.
+            await client.put("/bot/settings", json={"autotrade": False, "reason": "again"}, headers=AUTH)
+            looser = trip("executor:sig-2:entries_off", KillSwitchMode.ENTRIES_OFF)
+            await publisher.publish(looser, exchange=messaging.EVENTS_EXCHANGE, message_id=looser.trip_id)
+
+            async def handled() -> bool:
+                return await mongo_db.control_trips.count_documents({}) == 2
+
+            await wait_for(handled, what="both trips to be handled")
+        finally:
+            await connection.close()
+        assert await mode_is(client, "halted", 4)
+    docs = await mongo_db.control_history.find({}, {"_id": 0}).sort("version", 1).to_list(None)
+    assert [(d["version"], d["mode"], d["actor"]) for d in docs] == [
+        (1, "running", "system"), (2, "halted", "executor"), (3, "running", "api"), (4, "halted", "api")]
+    applied = {d["_id"]: d["applied_version"] for d in await mongo_db.control_trips.find({}).to_list(None)}
+    assert applied == {"executor:sig-1:halted": 2, "executor:sig-2:entries_off": None}

@@ -83,7 +83,7 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, *, start_executor: bool = True):
+async def harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, *, start_executor: bool = True, **settings_extra):
     base_url, ccxt_client = venue
     connection = await messaging.connect(amqp_url, "test-harness")
     try:
@@ -102,7 +102,7 @@ async def harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, *, start_
         await events_queue.consume(collect)
         settings = ExecutorSettings(
             amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, bingx_api_key=KEY, bingx_api_secret=SECRET,
-            bingx_base_url=base_url,
+            bingx_base_url=base_url, **settings_extra,
         )
         if not start_executor:
             yield h, settings
@@ -420,3 +420,51 @@ async def test_in_hedge_mode_each_side_has_its_own_leverage_and_closes_touch_onl
         assert (await h.settled(close))["status"] == "placed"
         sides = {p["side"]: p["contracts"] for p in await h.ccxt.fetch_positions([BTC]) if p["contracts"]}
         assert sides == {"short": 0.01}
+
+
+async def trips(h: Harness) -> list[Message]:
+    return [e for e in h.events if e.TYPE == "KillSwitchTripV1"]
+
+
+async def inject(h: Harness, **fault) -> None:
+    from tests.integration.test_bingx_sim import admin
+
+    status, body = await admin(h.base_url, "POST", "/_sim/faults", fault)
+    assert status == 200, body
+
+
+async def test_a_refused_api_key_halts_trading_at_once_and_asks_the_control_service_to_halt(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await inject(h, kind="error", code=100413, msg="Incorrect apiKey", path="/openApi/swap/v2/trade/order", method="POST", count=1)
+        revoked = await h.send(qty=Decimal("0.01"))
+        document = await h.settled(revoked)
+        assert document["status"] == "failed" and document["error_type"] == "AuthenticationError", document
+        [trip] = await wait_for(lambda: trips(h), what="the trip")
+        assert (trip.mode, trip.severity, trip.actor, trip.signal_id) == (KillSwitchMode.HALTED, "SEV1", "executor", revoked.signal_id)
+        assert "may be revoked or leaked" in trip.reason
+        metrics = h.executor.registry.get_sample_value("tvtb_alerts_total", {"severity": "SEV1", "kind": "kill_switch_tripped"})
+        assert metrics == 1
+
+        # The control service has not answered (there is none here): this executor stops all the same.
+        after = await h.send(qty=Decimal("0.01"))
+        skipped = await h.settled(after)
+        assert skipped["status"] == "skipped" and "tripped by the executor" in skipped["reason"], skipped
+        assert await h.position() is None
+
+        await h.set_mode(KillSwitchMode.RUNNING)  # someone looked and decided after the trip
+        resumed = await h.send(qty=Decimal("0.01"))
+        assert (await h.settled(resumed))["status"] == "placed"
+
+
+async def test_the_venue_failing_again_and_again_turns_entries_off(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, executor_max_consecutive_failures=2) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await inject(h, kind="http", status=503, body="busy", path="/openApi/swap/v2/quote/ticker", count=2)
+        signal = await h.send(qty=Decimal("0.01"))
+        # Two failures trip the breaker; the redelivered signal opens a position, so it is skipped, not placed.
+        document = await h.settled(signal)
+        assert document["status"] == "skipped" and "entries are off" in document["reason"], document
+        [trip] = await wait_for(lambda: trips(h), what="the trip")
+        assert (trip.mode, trip.severity) == (KillSwitchMode.ENTRIES_OFF, "SEV2") and "2 times in a row" in trip.reason
+        assert await h.position() is None

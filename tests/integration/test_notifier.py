@@ -93,3 +93,12 @@ def test_a_limit_entry_tells_its_price_and_protection():
                           take_profit=Decimal("61000"), placed_at=utcnow())
     assert render(event) == ("✅ <b>BUY</b> 0.01 BTC/USDT:USDT limit @ 59000\nSL 58410 · TP 61000\n"
                              "order 7 · open · signal <code>sig-2</code>")
+
+
+def test_a_trip_is_told_with_its_severity_and_reason_escaped():
+    from services.notifier.format import render
+    from shared.contracts import KillSwitchMode, KillSwitchTripV1
+
+    trip = KillSwitchTripV1(trip_id="t", mode=KillSwitchMode.HALTED, reason="BingX said <key revoked>", actor="executor",
+                            severity="SEV1", tripped_at=utcnow())
+    assert render(trip) == "🚨 <b>SEV1: the executor stopped trading (halted)</b>\nBingX said &lt;key revoked&gt;"
