@@ -128,6 +128,17 @@ def close_plan(action: Action, positions: dict[str, Decimal], qty: Decimal | Non
     return OrderPlan(side="sell" if side == "long" else "buy", amount=amount, reduce_only=True)
 
 
+def flat_plans(positions: dict[str, Decimal]) -> list[OrderPlan] | NothingToDo:
+    """`flat`: a reduce-only close of every side held on the symbol (both, in hedge mode)."""
+    plans = [OrderPlan(side="sell" if side == "long" else "buy", amount=positions[side], reduce_only=True)
+             for side in ("long", "short") if positions.get(side)]
+    return plans or NothingToDo("no position to close")
+
+
+def has_size(signal: SignalReceivedV1) -> bool:
+    return any(size is not None for size in (signal.qty, signal.usdt, signal.percent))
+
+
 def open_side(signal: SignalReceivedV1) -> str:
     return _open_side(signal.action)
 

@@ -32,6 +32,7 @@ from services.executor.exchange import (
     PlacedOrder,
 )
 from shared.contracts import (
+    Action,
     KillSwitchMode,
     KillSwitchTripV1,
     Message,
@@ -171,22 +172,30 @@ async def _trip(deps: ExecutorDeps, mode: KillSwitchMode, severity: str, signal_
 
 
 async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps) -> None:
-    status = document["status"]
-    client_id = domain.client_order_id(signal.signal_id)
-    if status == SUBMITTING:
-        # A previous attempt may have reached the venue: ask before doing anything else.
-        try:
-            found = await deps.exchange.find_order(signal.symbol, document.get("client_order_id") or client_id)
-        except ExchangeUnavailable:
-            if not domain.is_stale(signal, utcnow()):
-                raise
-            await _fail(deps, signal, f"the venue could not be asked whether order {client_id} was placed; "
-                        "check BingX before trading this symbol again", "OutcomeUnknown", status=UNKNOWN)
-            return
-        if found is not None:
+    legs: list[dict] | None = None
+    if document["status"] == SUBMITTING:
+        legs = _stored_legs(document, signal)
+        # A previous attempt may have reached the venue: ask for every leg not yet recorded, before anything else.
+        for index, leg in enumerate(legs):
+            if leg.get("order_id"):
+                continue
+            try:
+                found = await deps.exchange.find_order(signal.symbol, leg["client_order_id"])
+            except ExchangeUnavailable:
+                if not domain.is_stale(signal, utcnow()):
+                    raise
+                await _fail(deps, signal, f"the venue could not be asked whether order {leg['client_order_id']} was placed; "
+                            "check BingX before trading this symbol again", "OutcomeUnknown", status=UNKNOWN)
+                return
+            if found is None:
+                break  # legs go out in order: this one and those after it never reached the venue
             log.warning("order found at the venue after an interrupted attempt", extra={"order_id": found.order_id})
-            await _record_placed(deps, signal, found, document.get("plan") or {})
+            await _record_leg(deps, signal, legs, index, found)
+        if all(leg.get("order_id") for leg in legs):
+            await _finish_placed(deps, signal, legs)
             return
+        if any("side" not in leg for leg in legs):
+            legs = None  # written before legs were kept, and not at the venue: planned again, under the same client id
 
     mode = deps.breaker.mode(deps.view)
     if mode is None:
@@ -197,6 +206,9 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
     if refusal is not None:
         if deps.breaker.tripped is not None and mode is not deps.view.mode:
             refusal = f"{refusal} (tripped by the executor: {deps.breaker.tripped.reason})"
+        if legs and legs[0].get("order_id"):
+            await _finish_placed(deps, signal, legs, stopped=refusal)
+            return
         await _finish(deps, signal, SKIPPED, SignalSkippedV1(
             signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
             reason=refusal, mode=mode, skipped_at=now,
@@ -206,48 +218,74 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
     age = domain.age_seconds(signal, now)
     deps.metrics.signal_age.observe(max(age, 0.0))
     if age > signal.max_lag_s:
+        reason = f"older than its max lag ({age:.1f}s > {signal.max_lag_s:.0f}s); parked for replay"
+        if legs and legs[0].get("order_id"):
+            await _finish_placed(deps, signal, legs, stopped=reason)
+            return
         await _finish(deps, signal, EXPIRED, SignalExpiredV1(
             signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
             age_s=round(age, 3), max_lag_s=signal.max_lag_s, expired_at=now,
-        ), reason=f"older than its max lag ({age:.1f}s > {signal.max_lag_s:.0f}s); parked for replay")
+        ), reason=reason)
         return
 
-    try:
-        plan = await _plan(deps, signal)
-    except CannotPlace as error:
-        await _fail(deps, signal, str(error), "CannotPlace")
-        return
-    if isinstance(plan, NothingToDo):
-        await _finish(deps, signal, SKIPPED, SignalSkippedV1(
-            signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
-            reason=plan.reason, mode=deps.view.mode, skipped_at=now,
-        ), reason=plan.reason)
-        return
+    if legs is None:
+        if signal.action is Action.FLAT:
+            await deps.exchange.cancel_all_orders(signal.symbol)  # resting entries and protection go first
+        try:
+            plans = await _plan(deps, signal)
+        except CannotPlace as error:
+            await _fail(deps, signal, str(error), "CannotPlace")
+            return
+        if isinstance(plans, NothingToDo):
+            reason = plans.reason + ("; its open orders were cancelled" if signal.action is Action.FLAT else "")
+            await _finish(deps, signal, SKIPPED, SignalSkippedV1(
+                signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
+                reason=reason, mode=mode, skipped_at=now,
+            ), reason=reason)
+            return
+        # Every leg and its client order id is written before the first is sent: after a crash, each is looked up.
+        legs = [{**dataclasses.asdict(plan), "client_order_id": domain.client_order_id(signal.signal_id, n), "order_id": None}
+                for n, plan in enumerate(plans)]
+        await deps.db.signals.update_one(
+            {"_id": signal.signal_id},
+            {"$set": {"status": SUBMITTING, "client_order_id": legs[0]["client_order_id"], "legs": legs, "updated_at": utcnow()},
+             "$inc": {"attempts": 1}},
+        )
+    for index, leg in enumerate(legs):
+        if not leg.get("order_id"):
+            await _record_leg(deps, signal, legs, index, await _send(deps, signal, leg))
+    await _finish_placed(deps, signal, legs)
 
-    planned = dataclasses.asdict(plan)
-    await deps.db.signals.update_one(
-        {"_id": signal.signal_id},
-        {"$set": {"status": SUBMITTING, "client_order_id": client_id, "updated_at": utcnow(), "plan": planned},
-         "$inc": {"attempts": 1}},
-    )
+
+def _stored_legs(document: dict, signal: SignalReceivedV1) -> list[dict]:
+    """The legs an interrupted attempt wrote (a document of a single order, from before legs, is one leg)."""
+    if document.get("legs"):
+        return [dict(leg) for leg in document["legs"]]
+    return [{**(document.get("plan") or {}), "client_order_id": document.get("client_order_id")
+             or domain.client_order_id(signal.signal_id), "order_id": None}]
+
+
+async def _send(deps: ExecutorDeps, signal: SignalReceivedV1, leg: dict) -> PlacedOrder:
+    client_id = leg["client_order_id"]
     try:
-        placed = await deps.exchange.create_order(
-            signal.symbol, plan.side, plan.amount, client_order_id=client_id, reduce_only=plan.reduce_only,
-            price=plan.price, stop_loss=plan.stop_loss, take_profit=plan.take_profit,
+        return await deps.exchange.create_order(
+            signal.symbol, leg["side"], leg["amount"], client_order_id=client_id, reduce_only=leg["reduce_only"],
+            price=leg.get("price"), stop_loss=leg.get("stop_loss"), take_profit=leg.get("take_profit"),
         )
     except AlreadyPlaced:
         placed = await deps.exchange.find_order(signal.symbol, client_id)
         if placed is None:
             raise ExchangeUnavailable("the venue says this client order id exists but does not show it yet") from None
+        return placed
     except ExchangeUnavailable:
         # The order may or may not have reached the venue: look before anyone sends it again.
         placed = await deps.exchange.find_order(signal.symbol, client_id)
         if placed is None:
             raise  # redelivered later; the `submitting` status sends it through the lookup first
-    await _record_placed(deps, signal, placed, planned)
+        return placed
 
 
-async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> OrderPlan | NothingToDo:
+async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> list[OrderPlan] | NothingToDo:
     exchange = deps.exchange
     market = exchange.market(signal.symbol)
     if market is None:
@@ -259,35 +297,64 @@ async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> OrderPlan | Not
         if signal.price is None or signal.price <= 0:
             raise CannotPlace("a limit order needs a positive price")
         limit_price = exchange.price_to_precision(signal.symbol, signal.price)
+    if signal.action is Action.REVERSE:
+        return await _plan_reverse(deps, signal, limit_price)
     if signal.action.opens and not signal.reduce_only:
-        side = domain.open_side(signal)
-        position_side = domain.position_side(side, exchange.hedged)
-        # Set before the order, or the order is not sent: never an entry without the leverage or margin asked for.
-        if signal.margin_mode is not None:
-            await exchange.ensure_margin_mode(signal.symbol, signal.margin_mode)
-        if signal.leverage is not None:
-            await exchange.ensure_leverage(signal.symbol, signal.leverage, position_side)
-        leverage = signal.leverage or await exchange.leverage(signal.symbol, position_side)
-        reference = limit_price or await exchange.price(signal.symbol)
-        free = await exchange.free_margin() if signal.percent is not None else Decimal(0)
-        raw = domain.open_amount(signal, price=reference, free_margin=free, leverage=leverage)
-        amount = exchange.amount_to_precision(signal.symbol, raw)
-        domain.check_minimums(amount, reference, min_amount=market.min_amount, min_cost=market.min_cost, symbol=signal.symbol)
-        stop_loss, take_profit = domain.protection(signal, side, reference)
-        return OrderPlan(
-            side=side, amount=amount, reduce_only=False, price=limit_price,
-            stop_loss=None if stop_loss is None else exchange.price_to_precision(signal.symbol, stop_loss),
-            take_profit=None if take_profit is None else exchange.price_to_precision(signal.symbol, take_profit),
-        )
+        return [await _plan_entry(deps, signal, domain.open_side(signal), limit_price)]
     # A close: leverage, margin mode and protection belong to the position it closes, and are left as they are.
     positions = {p.side: p.contracts for p in await exchange.positions(signal.symbol)}
-    plan = domain.close_plan(domain.closing_action(signal.action), positions, signal.qty, signal.percent)
-    if isinstance(plan, OrderPlan):
-        amount = exchange.amount_to_precision(signal.symbol, plan.amount)
-        if amount <= 0:
-            raise CannotPlace(f"the size to close rounds to zero at {signal.symbol}'s precision")
-        plan = OrderPlan(side=plan.side, amount=amount, reduce_only=True, price=limit_price)
-    return plan
+    if signal.action is Action.FLAT:
+        plans = domain.flat_plans(positions)
+    else:
+        plan = domain.close_plan(domain.closing_action(signal.action), positions, signal.qty, signal.percent)
+        plans = [plan] if isinstance(plan, OrderPlan) else plan
+    if isinstance(plans, NothingToDo):
+        return plans
+    return [_closing(exchange, signal.symbol, plan, limit_price) for plan in plans]
+
+
+def _closing(exchange: BingxExchange, symbol: str, plan: OrderPlan, limit_price: Decimal | None) -> OrderPlan:
+    amount = exchange.amount_to_precision(symbol, plan.amount)
+    if amount <= 0:
+        raise CannotPlace(f"the size to close rounds to zero at {symbol}'s precision")
+    return OrderPlan(side=plan.side, amount=amount, reduce_only=True, price=limit_price)
+
+
+async def _plan_reverse(deps: ExecutorDeps, signal: SignalReceivedV1, limit_price: Decimal | None) -> list[OrderPlan] | NothingToDo:
+    """Close the position, then open the other side: the alert's size, or the size closed when it gives none."""
+    positions = {p.side: p.contracts for p in await deps.exchange.positions(signal.symbol)}
+    held = [side for side in ("long", "short") if positions.get(side)]
+    if not held:
+        return NothingToDo("no position to reverse")
+    if len(held) > 1:
+        raise CannotPlace("both a long and a short are open on this symbol: nothing says which to reverse")
+    close = _closing(deps.exchange, signal.symbol, domain.close_plan(Action.CLOSE, positions, None, None), None)  # type: ignore[arg-type]
+    side = "sell" if held[0] == "long" else "buy"
+    sized = signal if domain.has_size(signal) else signal.model_copy(update={"qty": positions[held[0]]})
+    return [close, await _plan_entry(deps, sized, side, limit_price)]
+
+
+async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, limit_price: Decimal | None) -> OrderPlan:
+    exchange, market = deps.exchange, deps.exchange.market(signal.symbol)
+    assert market is not None  # checked by _plan
+    position_side = domain.position_side(side, exchange.hedged)
+    # Set before the order, or the order is not sent: never an entry without the leverage or margin asked for.
+    if signal.margin_mode is not None:
+        await exchange.ensure_margin_mode(signal.symbol, signal.margin_mode)
+    if signal.leverage is not None:
+        await exchange.ensure_leverage(signal.symbol, signal.leverage, position_side)
+    leverage = signal.leverage or await exchange.leverage(signal.symbol, position_side)
+    reference = limit_price or await exchange.price(signal.symbol)
+    free = await exchange.free_margin() if signal.percent is not None else Decimal(0)
+    raw = domain.open_amount(signal, price=reference, free_margin=free, leverage=leverage)
+    amount = exchange.amount_to_precision(signal.symbol, raw)
+    domain.check_minimums(amount, reference, min_amount=market.min_amount, min_cost=market.min_cost, symbol=signal.symbol)
+    stop_loss, take_profit = domain.protection(signal, side, reference)
+    return OrderPlan(
+        side=side, amount=amount, reduce_only=False, price=limit_price,
+        stop_loss=None if stop_loss is None else exchange.price_to_precision(signal.symbol, stop_loss),
+        take_profit=None if take_profit is None else exchange.price_to_precision(signal.symbol, take_profit),
+    )
 
 
 async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
@@ -382,21 +449,24 @@ async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error
     ), reason=reason, error_type=error_type)
 
 
-async def _record_placed(deps: ExecutorDeps, signal: SignalReceivedV1, placed: PlacedOrder, plan: dict) -> None:
+async def _record_leg(deps: ExecutorDeps, signal: SignalReceivedV1, legs: list[dict], index: int, placed: PlacedOrder) -> None:
+    """The order of one leg in `orders` and in the signal's legs; an earlier leg of several is told at once."""
+    leg = legs[index]
     now = utcnow()
     await deps.db.orders.update_one(
         {"client_order_id": placed.client_order_id},
         {"$setOnInsert": {
             "client_order_id": placed.client_order_id,
             "signal_id": signal.signal_id,
+            "leg": index,
             "order_id": placed.order_id,
             "account": signal.account,
             "symbol": placed.symbol,
             "side": placed.side,
-            "type": "limit" if plan.get("price") is not None else "market",
-            "price": plan.get("price"),
-            "stop_loss": plan.get("stop_loss"),
-            "take_profit": plan.get("take_profit"),
+            "type": "limit" if leg.get("price") is not None else "market",
+            "price": leg.get("price"),
+            "stop_loss": leg.get("stop_loss"),
+            "take_profit": leg.get("take_profit"),
             "amount": placed.amount,
             "reduce_only": placed.reduce_only,
             "status": placed.status,
@@ -406,14 +476,33 @@ async def _record_placed(deps: ExecutorDeps, signal: SignalReceivedV1, placed: P
         }},
         upsert=True,
     )
+    leg.update(order_id=placed.order_id, placed=dataclasses.asdict(placed), placed_at=now)
+    await deps.db.signals.update_one({"_id": signal.signal_id}, {"$set": {f"legs.{index}": leg, "updated_at": now}})
     deps.metrics.orders.labels(placed.status or "placed").inc()
-    deps.metrics.signal_to_order.observe(max((now - signal.received_at).total_seconds(), 0.0))
-    await _finish(deps, signal, PLACED, OrderPlacedV1(
-        signal_id=signal.signal_id, account=signal.account, symbol=placed.symbol, side=placed.side,  # type: ignore[arg-type]
-        amount=placed.amount, order_id=placed.order_id, client_order_id=placed.client_order_id, status=placed.status,
-        filled=placed.filled, average=placed.average, reduce_only=placed.reduce_only, placed_at=now,
-        price=plan.get("price"), stop_loss=plan.get("stop_loss"), take_profit=plan.get("take_profit"),
-    ), order_id=placed.order_id)
+    if index == 0:
+        deps.metrics.signal_to_order.observe(max((now - signal.received_at).total_seconds(), 0.0))
+    if index < len(legs) - 1:
+        await deps.publisher.publish(_placed_event(signal, leg), exchange=EVENTS_EXCHANGE,
+                                     message_id=f"{signal.signal_id}:{OrderPlacedV1.TYPE}:leg{index}")
+
+
+def _placed_event(signal: SignalReceivedV1, leg: dict) -> OrderPlacedV1:
+    placed = leg["placed"]
+    return OrderPlacedV1(
+        signal_id=signal.signal_id, account=signal.account, symbol=placed["symbol"], side=placed["side"],
+        amount=placed["amount"], order_id=placed["order_id"], client_order_id=placed["client_order_id"],
+        status=placed["status"], filled=placed["filled"], average=placed["average"], reduce_only=placed["reduce_only"],
+        placed_at=leg["placed_at"], price=leg.get("price"), stop_loss=leg.get("stop_loss"), take_profit=leg.get("take_profit"),
+    )
+
+
+async def _finish_placed(deps: ExecutorDeps, signal: SignalReceivedV1, legs: list[dict], *, stopped: str | None = None) -> None:
+    """Every leg is at the venue, or (`stopped`) the kill switch or the signal's age stopped the rest."""
+    done = [leg for leg in legs if leg.get("order_id")]
+    fields: dict[str, object] = {"order_id": done[-1]["order_id"], "order_ids": [leg["order_id"] for leg in done]}
+    if stopped is not None:
+        fields["reason"] = f"{len(done)} of {len(legs)} orders placed; the rest not sent: {stopped}"
+    await _finish(deps, signal, PLACED, _placed_event(signal, done[-1]), **fields)
 
 
 async def _publish_outcome(deps: ExecutorDeps, document: dict) -> None:

@@ -198,14 +198,12 @@ def build_signal(
     _check_placeholders(payload)
     raw_action = _text(payload, "action")
     if raw_action is None:
-        raise InvalidAlert("'action' is missing (buy, sell, long, short, close_long, close_short, close, flat)")
+        raise InvalidAlert("'action' is missing (buy, sell, long, short, close_long, close_short, close, flat, reverse)")
     try:
         lowered = raw_action.lower()
         action = Action(ACTION_ALIASES.get(lowered, lowered))
     except ValueError:
-        raise InvalidAlert(f"unknown action {raw_action[:32]!r} (buy, sell, long, short, close_long, close_short, close, flat)") from None
-    if action is Action.REVERSE:
-        raise InvalidAlert("action 'reverse' is not supported yet: send a close and then an open")
+        raise InvalidAlert(f"unknown action {raw_action[:32]!r} (buy, sell, long, short, close_long, close_short, close, flat, reverse)") from None
 
     raw_symbol = _text(payload, "symbol", 64)
     if raw_symbol is None:
@@ -216,7 +214,7 @@ def build_signal(
     given = [name for name, value in sizes.items() if value is not None]
     if len(given) > 1:
         raise InvalidAlert(f"give exactly one size, not {' and '.join(given)}")
-    if not given and action.opens:
+    if not given and action.opens and action is not Action.REVERSE:  # a reverse may take the size it closes
         raise InvalidAlert("a size is missing: give one of qty (contracts), usdt (notional) or percent (of free margin)")
     if sizes["usdt"] is not None and not action.opens:
         raise InvalidAlert("'usdt' sizes an opening order; close by 'qty' or 'percent' (of the position), or give no size")

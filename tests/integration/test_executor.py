@@ -468,3 +468,85 @@ async def test_the_venue_failing_again_and_again_turns_entries_off(amqp_url, mon
         [trip] = await wait_for(lambda: trips(h), what="the trip")
         assert (trip.mode, trip.severity) == (KillSwitchMode.ENTRIES_OFF, "SEV2") and "2 times in a row" in trip.reason
         assert await h.position() is None
+
+
+async def test_flat_cancels_the_symbols_orders_and_closes_every_side(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        resting = await h.send(order_type="limit", price=Decimal("50000"), qty=Decimal("0.01"))
+        nothing = await h.send(action="flat")
+        assert (await h.settled(resting))["status"] == "placed"
+        skipped = await h.settled(nothing)
+        assert skipped["status"] == "skipped" and skipped["reason"] == "no position to close; its open orders were cancelled"
+        assert await open_orders(h) == {}
+
+        entry = await h.send(qty=Decimal("0.02"), sl=Decimal("55000"), tp=Decimal("65000"))
+        resting = await h.send(order_type="limit", price=Decimal("50000"), qty=Decimal("0.01"))
+        for s in (entry, resting):
+            assert (await h.settled(s))["status"] == "placed"
+        assert set(await open_orders(h)) == {"STOP_MARKET", "TAKE_PROFIT_MARKET", "LIMIT"}
+        flat = await h.send(action="flat")
+        assert (await h.settled(flat))["status"] == "placed"
+        assert await h.position() is None and await open_orders(h) == {}
+
+
+async def test_reverse_closes_then_opens_the_other_side(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        nothing = await h.send(action="reverse")
+        assert (await h.settled(nothing))["reason"] == "no position to reverse"
+        await h.settled(await h.send(qty=Decimal("0.02")))
+
+        reverse = await h.send(action="reverse")  # no size: the size it closes
+        document = await h.settled(reverse)
+        assert document["status"] == "placed" and len(document["order_ids"]) == 2, document
+        position = await h.position()
+        assert (position["side"], position["contracts"]) == ("short", 0.02)
+
+        back = await h.send(action="reverse", qty=Decimal("0.01"))
+        assert (await h.settled(back))["status"] == "placed"
+        position = await h.position()
+        assert (position["side"], position["contracts"]) == ("long", 0.01)
+        orders = [(o["side"], o["amount"], o["reduceOnly"]) for o in await h.venue_orders()]
+        assert orders[1:] == [("sell", 0.02, True), ("sell", 0.02, False), ("buy", 0.02, True), ("buy", 0.01, False)]
+        legs = await mongo_db.orders.find({"signal_id": back.signal_id}).sort("leg", 1).to_list(None)
+        assert [(o["leg"], o["side"], o["reduce_only"]) for o in legs] == [(0, "buy", True), (1, "buy", False)]
+
+        async def both_legs_told() -> list | None:
+            found = await events_of(h, "OrderPlacedV1", back.signal_id)
+            return found if len(found) == 2 else None
+
+        assert [e.reduce_only for e in await wait_for(both_legs_told, what="both legs told")] == [True, False]
+
+
+async def test_reverse_in_hedge_mode_ends_on_the_other_side_only(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    await venue[1].set_position_mode(True, BTC)
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await h.settled(await h.send(qty=Decimal("0.02")))
+        assert (await h.settled(await h.send(action="reverse")))["status"] == "placed"
+        sides = {p["side"]: p["contracts"] for p in await h.ccxt.fetch_positions([BTC]) if p["contracts"]}
+        assert sides == {"short": 0.02}
+
+
+async def test_after_a_crash_between_the_legs_of_a_reverse_the_first_is_found_and_only_the_second_sent(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, start_executor=False) as (h, settings):
+        await h.ccxt.create_order(BTC, "market", "buy", 0.02)
+        signal = SignalReceivedV1(signal_id="crashed-reverse", token_name="main", symbol=BTC, action="reverse", received_at=utcnow())
+        legs = [{"side": "sell", "amount": Decimal("0.02"), "reduce_only": True, "price": None, "stop_loss": None, "take_profit": None,
+                 "client_order_id": domain.client_order_id(signal.signal_id, n), "order_id": None} for n in (0, 1)]
+        legs[1]["reduce_only"] = False
+        # What a crash right after sending the close leaves: it at the venue, both legs `submitting` in Mongo.
+        await h.ccxt.create_order(BTC, "market", "sell", 0.02, None, {"clientOrderId": legs[0]["client_order_id"], "reduceOnly": True})
+        await mongo_db.signals.insert_one({"_id": signal.signal_id, "status": "submitting", "legs": legs,
+                                           "signal": signal.model_dump(mode="python"), "received_at": signal.received_at, "attempts": 1})
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await h.publisher.publish(signal, exchange=messaging.SIGNALS_EXCHANGE, message_id=signal.signal_id)
+        async with build(settings) as executor, consuming(executor):
+            document = await h.settled(signal)
+        assert document["status"] == "placed"
+        assert [(o["side"], o["amount"]) for o in await h.venue_orders()] == [("buy", 0.02), ("sell", 0.02), ("sell", 0.02)]
+        position = await h.position()
+        assert (position["side"], position["contracts"]) == ("short", 0.02)
+        assert await mongo_db.orders.count_documents({"signal_id": signal.signal_id}) == 2

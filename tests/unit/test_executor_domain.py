@@ -109,3 +109,9 @@ def test_protection_on_the_wrong_side_is_refused(fields, side, reason):
 def test_the_leverage_of_an_entry_is_its_side_in_hedge_mode_and_both_in_one_way_mode():
     assert [domain.position_side(s, True) for s in ("buy", "sell")] == ["LONG", "SHORT"]
     assert [domain.position_side(s, False) for s in ("buy", "sell")] == ["BOTH", "BOTH"]
+
+
+def test_flat_closes_every_side_held():
+    assert domain.flat_plans({"long": Decimal("1"), "short": Decimal("2")}) == [
+        OrderPlan(side="sell", amount=Decimal("1"), reduce_only=True), OrderPlan(side="buy", amount=Decimal("2"), reduce_only=True)]
+    assert domain.flat_plans({"long": Decimal("0")}) == NothingToDo("no position to close")

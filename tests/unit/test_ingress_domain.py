@@ -43,6 +43,11 @@ def test_signal_id_is_the_payload_id_or_the_fingerprint_and_first_sighting():
     assert fp != fingerprint("other", alert) and fp != fingerprint("main", {**alert, "qty": 2})
 
 
+def test_a_reverse_may_come_without_a_size():
+    s = build_signal({"symbol": "BTCUSDT.P", "action": "reverse"}, token_name="main", received_at=NOW)
+    assert s.action.value == "reverse" and (s.qty, s.usdt, s.percent) == (None, None, None)
+
+
 def test_an_alert_without_an_id_carries_its_fingerprint_so_the_executor_knows_its_resends():
     alert = {"symbol": "BTCUSDT.P", "action": "buy", "qty": 1}
     plain = build_signal(alert, token_name="main", received_at=NOW, resend_window_s=120)
@@ -84,7 +89,6 @@ def test_a_close_needs_no_size_and_max_lag_is_capped():
         ({"symbol": "BTCUSDT", "action": "buy", "percent": 150}, "more than 100"),
         ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "order_type": "limit"}, "needs a 'price'"),
         ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "leverage": 2.5}, "whole number"),
-        ({"symbol": "BTCUSDT", "action": "reverse", "qty": 1}, "not supported yet"),
         ({"symbol": "{{ticker}}", "action": "buy", "qty": 1}, "'symbol' holds an unfilled TradingView placeholder ({{ticker}})"),
         ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "timestamp": "yesterday"}, "'timestamp' is not a time"),
         ({"symbol": "BTCUSDT", "action": "buy", "qty": 1, "account": "a.b"}, "'account' may hold only"),
