@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -147,9 +148,11 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         await _fail(deps, signal, error.reason, error.error_type)
     except ExchangeUnavailable:
         deps.breaker.consecutive_failures += 1
-        if deps.breaker.consecutive_failures == deps.breaker.max_consecutive_failures:
+        failures = deps.breaker.consecutive_failures
+        if failures >= deps.breaker.max_consecutive_failures:
+            deps.breaker.consecutive_failures = 0  # N more in a row trip it again, should someone turn it back on
             await _trip(deps, KillSwitchMode.ENTRIES_OFF, "SEV2", signal.signal_id,
-                        f"BingX failed {deps.breaker.consecutive_failures} times in a row; entries are off until someone looks")
+                        f"BingX failed {failures} times in a row; entries are off until someone looks")
         raise  # the message goes back to the queue and is tried again after a backoff
     else:
         deps.breaker.consecutive_failures = 0
@@ -158,7 +161,7 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
 async def _trip(deps: ExecutorDeps, mode: KillSwitchMode, severity: str, signal_id: str, reason: str) -> None:
     """Stop trading here at once, and ask the control service to make it the kill switch's state for everyone."""
     breaker = deps.breaker
-    trip = KillSwitchTripV1(trip_id=f"executor:{signal_id}:{mode.value}", mode=mode, reason=reason, actor="executor",
+    trip = KillSwitchTripV1(trip_id=f"executor:{signal_id}:{mode.value}:{uuid.uuid4().hex[:12]}", mode=mode, reason=reason, actor="executor",
                             severity=severity, signal_id=signal_id, tripped_at=utcnow())  # type: ignore[arg-type]
     if breaker.tripped is None or stricter(breaker.tripped.mode, mode) is mode:
         breaker.tripped = trip
