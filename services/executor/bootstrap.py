@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from services.executor.exchange import BingxExchange, ExchangeUnavailable
 from services.executor.handlers import Breaker, ExecutorDeps, ExecutorMetrics
+from services.executor.risk import RiskLimits
 from services.executor.settings import ExecutorSettings
 from shared import messaging
 from shared.bootstrap import open_infrastructure
@@ -68,7 +69,10 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
         metrics.show_mode(None)
         view.on_change(lambda state: metrics.show_mode(state.mode if state else None))
         deps = ExecutorDeps(db=db, publisher=publisher, exchange=exchange, view=view, metrics=metrics,
-                            breaker=Breaker(max_consecutive_failures=settings.executor_max_consecutive_failures))
+                            breaker=Breaker(max_consecutive_failures=settings.executor_max_consecutive_failures),
+                            risk=RiskLimits(max_leverage=settings.risk_max_leverage, max_notional_usdt=settings.risk_max_notional_usdt,
+                                            max_orders_per_minute=settings.risk_max_orders_per_minute,
+                                            daily_loss_limit_usdt=settings.risk_daily_loss_limit_usdt))
         executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
 
         starting = asyncio.create_task(_start_exchange(exchange, executor.exchange_ready))

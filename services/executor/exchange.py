@@ -63,6 +63,12 @@ class PlacedOrder:
 
 
 @dataclass(frozen=True)
+class Balance:
+    free: Decimal  # BingX's available margin
+    equity: Decimal  # balance and unrealised PnL
+
+
+@dataclass(frozen=True)
 class Position:
     symbol: str
     side: str  # long | short
@@ -172,9 +178,9 @@ class BingxExchange:
             raise ExchangeUnavailable(f"no price for {symbol}")
         return Decimal(str(last))
 
-    async def free_margin(self) -> Decimal:
-        balance = await self._call("fetch_balance")
-        return Decimal(str((balance.get("USDT") or {}).get("free") or 0))
+    async def balance(self) -> Balance:
+        usdt = (await self._call("fetch_balance")).get("USDT") or {}
+        return Balance(free=Decimal(str(usdt.get("free") or 0)), equity=Decimal(str(usdt.get("total") or 0)))
 
     async def positions(self, symbol: str) -> list[Position]:
         raw = await self._call("fetch_positions", [symbol])

@@ -22,8 +22,9 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.executor import domain
+from services.executor import domain, risk
 from services.executor.domain import CannotPlace, NothingToDo, OrderPlan
+from services.executor.risk import LossLimitBreached, RiskLimits
 from services.executor.exchange import (
     AlreadyPlaced,
     BingxExchange,
@@ -114,6 +115,7 @@ class ExecutorDeps:
     view: KillSwitchView
     metrics: ExecutorMetrics
     breaker: Breaker = dataclasses.field(default_factory=Breaker)
+    risk: RiskLimits = dataclasses.field(default_factory=RiskLimits)
 
 
 async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
@@ -236,6 +238,10 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
             await deps.exchange.cancel_all_orders(signal.symbol)  # resting entries and protection go first
         try:
             plans = await _plan(deps, signal)
+        except LossLimitBreached as error:
+            await _trip(deps, KillSwitchMode.ENTRIES_OFF, "SEV2", signal.signal_id, str(error))
+            await _fail(deps, signal, str(error), "RiskLimit")
+            return
         except CannotPlace as error:
             await _fail(deps, signal, str(error), "CannotPlace")
             return
@@ -341,17 +347,27 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     exchange, market = deps.exchange, deps.exchange.market(signal.symbol)
     assert market is not None  # checked by _plan
     position_side = domain.position_side(side, exchange.hedged)
+    leverage = signal.leverage or await exchange.leverage(signal.symbol, position_side)
+    limits = deps.risk
+    risk.check_leverage(limits, leverage)  # before anything is changed at the venue
     # Set before the order, or the order is not sent: never an entry without the leverage or margin asked for.
     if signal.margin_mode is not None:
         await exchange.ensure_margin_mode(signal.symbol, signal.margin_mode)
     if signal.leverage is not None:
         await exchange.ensure_leverage(signal.symbol, signal.leverage, position_side)
-    leverage = signal.leverage or await exchange.leverage(signal.symbol, position_side)
+    await risk.check_order_rate(limits, deps.db, signal.account, utcnow())
     reference = limit_price or await exchange.price(signal.symbol)
-    free = await exchange.free_margin() if signal.percent is not None else Decimal(0)
+    free = Decimal(0)
+    if signal.percent is not None or limits.daily_loss_limit_usdt:
+        balance = await exchange.balance()
+        free = balance.free
+        await risk.check_daily_loss(limits, deps.db, signal.account, balance.equity, utcnow())
     raw = domain.open_amount(signal, price=reference, free_margin=free, leverage=leverage)
     amount = exchange.amount_to_precision(signal.symbol, raw)
     domain.check_minimums(amount, reference, min_amount=market.min_amount, min_cost=market.min_cost, symbol=signal.symbol)
+    if limits.max_notional_usdt:
+        held = sum((p.contracts for p in await exchange.positions(signal.symbol) if p.side == ("long" if side == "buy" else "short")), Decimal(0))
+        risk.check_notional(limits, held=held, amount=amount, price=reference, symbol=signal.symbol)
     stop_loss, take_profit = domain.protection(signal, side, reference)
     return OrderPlan(
         side=side, amount=amount, reduce_only=False, price=limit_price,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import ServiceSettings, TradingMode
@@ -19,6 +21,11 @@ class ExecutorSettings(ServiceSettings):
     exchange_rate_limit: bool | None = None
     # This many venue failures in a row (unreachable, timing out, busy) turn entries off by themselves.
     executor_max_consecutive_failures: int = Field(default=5, ge=1, le=1000)
+    # Risk limits, checked before every opening order; 0 turns one off.
+    risk_max_leverage: int = Field(default=0, ge=0, le=150)
+    risk_max_notional_usdt: Decimal = Field(default=Decimal(0), ge=0)  # one side of one symbol, after the order
+    risk_max_orders_per_minute: int = Field(default=0, ge=0)  # opening orders of the account, every replica's
+    risk_daily_loss_limit_usdt: Decimal = Field(default=Decimal(0), ge=0)  # equity lost since the day's first entry (UTC)
 
     @model_validator(mode="after")
     def _venue(self) -> "ExecutorSettings":

@@ -550,3 +550,43 @@ async def test_after_a_crash_between_the_legs_of_a_reverse_the_first_is_found_an
         position = await h.position()
         assert (position["side"], position["contracts"]) == ("short", 0.02)
         assert await mongo_db.orders.count_documents({"signal_id": signal.signal_id}) == 2
+
+
+async def test_risk_limits_refuse_entries_with_the_limit_broken_and_let_closes_through(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    limits = {"risk_max_leverage": 10, "risk_max_notional_usdt": Decimal("1000"), "risk_max_orders_per_minute": 3}
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, **limits) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+
+        async def outcome(**fields) -> dict:
+            return await h.settled(await h.send(**fields))
+
+        refused = await outcome(qty=Decimal("0.001"), leverage=20)
+        assert refused["status"] == "failed" and "leverage 20x is over the limit of 10x" in refused["reason"], refused
+        assert (await h.ccxt.fetch_leverage(BTC))["longLeverage"] == 5  # nothing was changed at the venue
+
+        assert (await outcome(qty=Decimal("0.01")))["status"] == "placed"  # 600 USDT
+        refused = await outcome(qty=Decimal("0.01"))  # would be 1200 USDT
+        assert refused["status"] == "failed" and "over the limit of 1000 USDT" in refused["reason"], refused
+        assert (await outcome(qty=Decimal("0.005")))["status"] == "placed"  # 900 USDT
+        assert (await outcome(action="short", symbol="ETH/USDT:USDT", qty=Decimal("0.1")))["status"] == "placed"
+        refused = await outcome(action="short", symbol="ETH/USDT:USDT", qty=Decimal("0.1"))  # a fourth entry this minute
+        assert refused["status"] == "failed" and "3 opening orders in the last minute" in refused["reason"], refused
+        assert (await outcome(action="close"))["status"] == "placed"  # closes are never refused by a limit
+        assert await h.position() is None
+
+
+async def test_the_daily_loss_limit_refuses_entries_and_turns_them_off_for_everyone(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    from tests.integration.test_bingx_sim import admin
+
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, risk_daily_loss_limit_usdt=Decimal("50")) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        assert (await h.settled(await h.send(qty=Decimal("0.1"))))["status"] == "placed"
+        await admin(h.base_url, "POST", "/_sim/prices", {"BTC-USDT": "59400"})  # 60 USDT down, with the fee more
+        refused = await h.settled(await h.send(action="short", symbol="ETH/USDT:USDT", qty=Decimal("0.1")))
+        assert refused["status"] == "failed" and "reached the limit of 50 USDT" in refused["reason"], refused
+        [trip] = await wait_for(lambda: trips(h), what="the trip")
+        assert (trip.mode, trip.severity) == (KillSwitchMode.ENTRIES_OFF, "SEV2")
+        later = await h.settled(await h.send(qty=Decimal("0.001")))
+        assert later["status"] == "skipped" and "entries are off" in later["reason"]
+        assert (await h.settled(await h.send(action="close")))["status"] == "placed"
+        assert await h.position() is None

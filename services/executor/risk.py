@@ -1,0 +1,69 @@
+"""Risk limits, checked before every opening order: a breach refuses the order with the limit it broke.
+
+Closing orders are never refused by a limit: they only take risk away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.executor.domain import CannotPlace
+
+
+class LossLimitBreached(CannotPlace):
+    """The day's loss reached its limit: this order is refused and entries are turned off for everyone."""
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    max_leverage: int = 0  # 0: no limit, for each of these
+    max_notional_usdt: Decimal = Decimal(0)
+    max_orders_per_minute: int = 0
+    daily_loss_limit_usdt: Decimal = Decimal(0)
+
+
+def check_leverage(limits: RiskLimits, leverage: int) -> None:
+    if limits.max_leverage and leverage > limits.max_leverage:
+        raise CannotPlace(f"leverage {leverage}x is over the limit of {limits.max_leverage}x (RISK_MAX_LEVERAGE)")
+
+
+def check_notional(limits: RiskLimits, *, held: Decimal, amount: Decimal, price: Decimal, symbol: str) -> None:
+    """The position's value on the side this order opens, after the order, at the order's price."""
+    if not limits.max_notional_usdt:
+        return
+    after = (held + amount) * price
+    if after > limits.max_notional_usdt:
+        raise CannotPlace(f"{symbol} would hold {after:.2f} USDT on this side, over the limit of "
+                          f"{limits.max_notional_usdt} USDT (RISK_MAX_NOTIONAL_USDT)")
+
+
+async def check_order_rate(limits: RiskLimits, db: AsyncDatabase, account: str, now: datetime) -> None:
+    """Counted in `orders`, so every executor replica counts the same orders."""
+    if not limits.max_orders_per_minute:
+        return
+    recent = await db.orders.count_documents(
+        {"account": account, "reduce_only": False, "placed_at": {"$gt": now - timedelta(minutes=1)}},
+        limit=limits.max_orders_per_minute,
+    )
+    if recent >= limits.max_orders_per_minute:
+        raise CannotPlace(f"{recent} opening orders in the last minute: the limit is {limits.max_orders_per_minute} "
+                          "(RISK_MAX_ORDERS_PER_MINUTE)")
+
+
+async def check_daily_loss(limits: RiskLimits, db: AsyncDatabase, account: str, equity: Decimal, now: datetime) -> None:
+    """The day (UTC) starts at the equity its first opening order saw; a loss since then at the limit stops entries."""
+    if not limits.daily_loss_limit_usdt:
+        return
+    day = now.date().isoformat()
+    await db.risk_days.update_one({"_id": f"{account}:{day}"},
+                                  {"$setOnInsert": {"account": account, "day": day, "start_equity": equity, "at": now}}, upsert=True)
+    document = await db.risk_days.find_one({"_id": f"{account}:{day}"})
+    assert document is not None
+    loss = document["start_equity"] - equity
+    if loss >= limits.daily_loss_limit_usdt:
+        raise LossLimitBreached(f"today's loss of {loss:.2f} USDT reached the limit of {limits.daily_loss_limit_usdt} USDT "
+                                "(RISK_DAILY_LOSS_LIMIT_USDT): no new entries today")
