@@ -93,6 +93,9 @@ class SignalReceivedV1(Message):
     # execute one alert once all the same.
     resend_key: str | None = None
     resend_window_s: float | None = None
+    # The strategy's own position after this order ({{strategy.market_position}} and _size), when the alert says it.
+    market_position: Literal["long", "short", "flat"] | None = None
+    market_position_size: WireDecimal | None = None
 
     def routing_key(self) -> str:
         # `<account>.<symbol>`; dots and slashes would split the topic, so the exchange id form is used.
@@ -204,6 +207,22 @@ class KillSwitchChangedV1(Message):
         return self.mode is KillSwitchMode.RUNNING
 
 
+class PositionDriftV1(Message):
+    """After a signal executed, the venue's position differs from the one the strategy says it holds."""
+
+    TYPE: ClassVar[str] = "PositionDriftV1"
+    ROUTING_KEY: ClassVar[str] = "position.drift.v1"
+
+    signal_id: str
+    account: str
+    symbol: str
+    claimed_side: Literal["long", "short", "flat"]
+    claimed_size: WireDecimal | None = None
+    venue_long: WireDecimal
+    venue_short: WireDecimal
+    detected_at: datetime
+
+
 KILL_SWITCH_STRICTNESS = {KillSwitchMode.RUNNING: 0, KillSwitchMode.ENTRIES_OFF: 1, KillSwitchMode.HALTED: 2}
 
 
@@ -230,7 +249,7 @@ class KillSwitchTripV1(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1,
-                KillSwitchTripV1)
+                KillSwitchTripV1, PositionDriftV1)
 }
 
 

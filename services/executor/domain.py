@@ -170,3 +170,17 @@ def protection(signal: SignalReceivedV1, side: str, reference: Decimal) -> tuple
         raise CannotPlace(f"the take-profit {take_profit.normalize():f} must be {where} the price {reference.normalize():f} "
                           f"for a {'long' if long else 'short'}")
     return stop_loss, take_profit
+
+
+def drifted(claimed_side: str, claimed_size: Decimal | None, long: Decimal, short: Decimal) -> bool:
+    """Whether the venue's position (net of both sides) differs from the one the strategy claims after its order.
+
+    Without a size only the side is compared: flat means nothing held, long and short the net's sign.
+    """
+    net = long - short
+    if claimed_side == "flat":
+        return net != 0
+    sign = 1 if claimed_side == "long" else -1
+    if claimed_size is None:
+        return net * sign <= 0
+    return net != sign * claimed_size

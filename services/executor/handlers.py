@@ -39,6 +39,7 @@ from shared.contracts import (
     KillSwitchTripV1,
     Message,
     OrderType,
+    PositionDriftV1,
     OrderFailedV1,
     OrderPlacedV1,
     SignalExpiredV1,
@@ -77,6 +78,7 @@ class ExecutorMetrics:
         self.signal_to_order = Histogram(
             "tvtb_signal_to_order_seconds", "From the ingress accepting a signal to the venue confirming its order", buckets=LATENCY_BUCKETS, registry=registry
         )
+        self.drift = Counter("tvtb_position_drift_total", "Signals after which the venue's position differed from the strategy's", registry=registry)
         self.alerts = Counter("tvtb_alerts_total", "Alerts raised for an operator, by severity and kind", ["severity", "kind"], registry=registry)
         self.mode = Gauge("tvtb_killswitch_mode", "Kill-switch mode this service believes (1 for the current one)", ["mode"], registry=registry)
 
@@ -263,7 +265,33 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
     for index, leg in enumerate(legs):
         if not leg.get("order_id"):
             await _record_leg(deps, signal, legs, index, await _send(deps, signal, leg))
+    if signal.market_position is not None and all(leg.get("price") is None for leg in legs):  # a resting limit has not moved it
+        await _check_drift(deps, signal)
     await _finish_placed(deps, signal, legs)
+
+
+async def _check_drift(deps: ExecutorDeps, signal: SignalReceivedV1) -> None:
+    """Compare the venue's position with the one the alert says the strategy holds now: a difference means a missed
+    alert, a manual trade or a stop that fired, and the trader must hear of it. Never fails the signal."""
+    try:
+        held = {p.side: p.contracts for p in await deps.exchange.positions(signal.symbol)}
+    except ExchangeUnavailable as error:
+        log.warning("position not compared with the strategy's: the venue did not answer", extra={"error": str(error)[:200]})
+        return
+    long, short = held.get("long", Decimal(0)), held.get("short", Decimal(0))
+    claimed = signal.market_position_size
+    if claimed is not None:
+        claimed = deps.exchange.amount_to_precision(signal.symbol, claimed)
+    assert signal.market_position is not None
+    if not domain.drifted(signal.market_position, claimed, long, short):
+        return
+    drift = PositionDriftV1(signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol,
+                            claimed_side=signal.market_position, claimed_size=signal.market_position_size,
+                            venue_long=long, venue_short=short, detected_at=utcnow())
+    log.warning("the venue's position differs from the strategy's", extra={"claimed": signal.market_position, "long": str(long), "short": str(short)})
+    deps.metrics.drift.inc()
+    await deps.db.signals.update_one({"_id": signal.signal_id}, {"$set": {"drift": drift.model_dump(mode="python")}})
+    await deps.publisher.publish(drift, exchange=EVENTS_EXCHANGE, message_id=f"{signal.signal_id}:{PositionDriftV1.TYPE}")
 
 
 def _stored_legs(document: dict, signal: SignalReceivedV1) -> list[dict]:

@@ -242,6 +242,15 @@ def build_signal(
     if payload_id is not None and not _ID_CHARS.match(payload_id):
         raise InvalidAlert("'id' may hold only letters, digits and . _ : - (at most 128)")
 
+    market_position = _text(payload, "market_position", 16)
+    if market_position is not None:
+        market_position = market_position.lower()
+        if market_position not in ("long", "short", "flat"):
+            raise InvalidAlert("'market_position' must be long, short or flat ({{strategy.market_position}})")
+    market_position_size = _decimal(payload, "market_position_size", positive=False)
+    if market_position_size is not None and market_position_size < 0:
+        raise InvalidAlert("'market_position_size' cannot be negative")
+
     account = _text(payload, "account", 32) or "default"
     if not _ACCOUNT_CHARS.match(account):
         raise InvalidAlert("'account' may hold only letters, digits, _ and - (at most 32)")
@@ -267,6 +276,8 @@ def build_signal(
         tp_pct=_decimal(payload, "tp_pct"),
         sl_pct=_decimal(payload, "sl_pct"),
         reduce_only=_bool(payload, "reduce_only"),
+        market_position=market_position,  # type: ignore[arg-type]
+        market_position_size=market_position_size,
         strategy=_text(payload, "strategy", 128),
         alert_time=parse_alert_time(payload.get("timestamp")),
         max_lag_s=float(min(max_lag, Decimal(str(MAX_LAG_CAP_S)))) if max_lag is not None else MAX_LAG_DEFAULT_S,

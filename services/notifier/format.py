@@ -8,6 +8,7 @@ from html import escape
 from shared.contracts import (
     KillSwitchChangedV1,
     KillSwitchTripV1,
+    PositionDriftV1,
     Message,
     OrderFailedV1,
     OrderPlacedV1,
@@ -63,6 +64,13 @@ def render(event: Message) -> str | None:
         return (
             f"🛑 <b>Kill switch: {escape(event.mode.value)}</b> (v{event.version})\n"
             f"by {escape(event.actor)}: {escape(event.reason)}"
+        )
+    if isinstance(event, PositionDriftV1):
+        claimed = escape(event.claimed_side) + (f" {_num(event.claimed_size)}" if event.claimed_size is not None else "")
+        return (
+            f"⚠️ <b>Position drift</b> {escape(event.symbol)}\n"
+            f"the strategy says {claimed}; BingX holds long {_num(event.venue_long)}, short {_num(event.venue_short)}\n"
+            f"signal <code>{_ref(event.signal_id)}</code>"
         )
     if isinstance(event, KillSwitchTripV1):
         # Told at once, whether or not the control service is there to make it the state.

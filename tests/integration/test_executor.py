@@ -590,3 +590,19 @@ async def test_the_daily_loss_limit_refuses_entries_and_turns_them_off_for_every
         assert later["status"] == "skipped" and "entries are off" in later["reason"]
         assert (await h.settled(await h.send(action="close")))["status"] == "placed"
         assert await h.position() is None
+
+
+async def test_a_position_that_differs_from_the_strategys_is_reported(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        agreed = await h.send(qty=Decimal("0.01"), market_position="long", market_position_size=Decimal("0.01"))
+        assert (await h.settled(agreed))["status"] == "placed"
+        await h.ccxt.create_order(BTC, "market", "buy", 0.01)  # a trade by hand in BingX's app
+        drifted = await h.send(action="close_long", qty=Decimal("0.01"), market_position="flat", market_position_size=Decimal("0"))
+        document = await h.settled(drifted)
+        assert document["status"] == "placed"  # the order itself went as asked
+        assert (document["drift"]["venue_long"], document["drift"]["claimed_side"]) == (Decimal("0.01"), "flat")
+        [event] = await wait_for(lambda: events_of(h, "PositionDriftV1", drifted.signal_id), what="the drift event")
+        assert (event.claimed_side, event.venue_long, event.venue_short) == ("flat", Decimal("0.01"), Decimal("0"))
+        assert await events_of(h, "PositionDriftV1", agreed.signal_id) == []
+        assert h.executor.registry.get_sample_value("tvtb_position_drift_total") == 1

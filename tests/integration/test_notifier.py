@@ -102,3 +102,13 @@ def test_a_trip_is_told_with_its_severity_and_reason_escaped():
     trip = KillSwitchTripV1(trip_id="t", mode=KillSwitchMode.HALTED, reason="BingX said <key revoked>", actor="executor",
                             severity="SEV1", tripped_at=utcnow())
     assert render(trip) == "🚨 <b>SEV1: the executor stopped trading (halted)</b>\nBingX said &lt;key revoked&gt;"
+
+
+def test_a_drift_says_what_the_strategy_claims_and_what_bingx_holds():
+    from services.notifier.format import render
+    from shared.contracts import PositionDriftV1
+
+    drift = PositionDriftV1(signal_id="sig-3", account="default", symbol="BTC/USDT:USDT", claimed_side="flat",
+                            venue_long=Decimal("0.01"), venue_short=Decimal("0"), detected_at=utcnow())
+    assert render(drift) == ("⚠️ <b>Position drift</b> BTC/USDT:USDT\nthe strategy says flat; BingX holds long 0.01, short 0\n"
+                             "signal <code>sig-3</code>")

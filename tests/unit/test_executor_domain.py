@@ -115,3 +115,20 @@ def test_flat_closes_every_side_held():
     assert domain.flat_plans({"long": Decimal("1"), "short": Decimal("2")}) == [
         OrderPlan(side="sell", amount=Decimal("1"), reduce_only=True), OrderPlan(side="buy", amount=Decimal("2"), reduce_only=True)]
     assert domain.flat_plans({"long": Decimal("0")}) == NothingToDo("no position to close")
+
+
+@pytest.mark.parametrize(
+    ("claimed", "size", "long", "short", "drift"),
+    [
+        ("long", Decimal("0.02"), Decimal("0.02"), Decimal("0"), False),
+        ("long", Decimal("0.02"), Decimal("0.01"), Decimal("0"), True),
+        ("short", Decimal("1"), Decimal("0"), Decimal("1"), False),
+        ("short", None, Decimal("0"), Decimal("3"), False),
+        ("short", None, Decimal("2"), Decimal("0"), True),
+        ("flat", None, Decimal("0"), Decimal("0"), False),
+        ("flat", Decimal("0"), Decimal("0.01"), Decimal("0"), True),
+        ("long", Decimal("1"), Decimal("2"), Decimal("1"), False),  # hedge mode: the net is what a strategy holds
+    ],
+)
+def test_drift_compares_the_strategys_position_with_the_venues_net(claimed, size, long, short, drift):
+    assert domain.drifted(claimed, size, long, short) is drift

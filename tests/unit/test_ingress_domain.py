@@ -43,6 +43,14 @@ def test_signal_id_is_the_payload_id_or_the_fingerprint_and_first_sighting():
     assert fp != fingerprint("other", alert) and fp != fingerprint("main", {**alert, "qty": 2})
 
 
+def test_the_strategys_claimed_position_is_read_and_checked():
+    s = build_signal({"symbol": "BTCUSDT.P", "action": "buy", "qty": 1, "market_position": "Long", "market_position_size": "0"},
+                     token_name="main", received_at=NOW)
+    assert (s.market_position, s.market_position_size) == ("long", Decimal("0"))
+    with pytest.raises(InvalidAlert, match="'market_position' must be long, short or flat"):
+        build_signal({"symbol": "BTCUSDT.P", "action": "buy", "qty": 1, "market_position": "up"}, token_name="main", received_at=NOW)
+
+
 def test_a_reverse_may_come_without_a_size():
     s = build_signal({"symbol": "BTCUSDT.P", "action": "reverse"}, token_name="main", received_at=NOW)
     assert s.action.value == "reverse" and (s.qty, s.usdt, s.percent) == (None, None, None)
