@@ -91,6 +91,10 @@ def set_policy(vhost: str, name: str, pattern: str, definition: dict) -> None:
     _management("PUT", f"/policies/{vhost}/{name}", {"pattern": pattern, "definition": definition, "apply-to": "queues"})
 
 
+def purge_queue(vhost: str, queue: str) -> None:
+    _management("DELETE", f"/queues/{vhost}/{queue}/contents")
+
+
 def queue_info(vhost: str, queue: str) -> dict:
     return json.loads(_management("GET", f"/queues/{vhost}/{queue}"))
 
