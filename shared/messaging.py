@@ -71,12 +71,20 @@ class QueueSpec:
         return arguments
 
 
-# One queue for all signals, one consumer at a time: signals execute in the order they were accepted.
-EXECUTOR_SIGNALS = QueueSpec("executor.signals", SIGNALS_EXCHANGE, ("#",), single_active_consumer=True)
+# Signals are sharded by their routing key (`<account>.<symbol>`) over a consistent-hash exchange into a few queues,
+# each with a single active consumer and prefetch 1: one account+symbol always lands in the same shard, and so runs
+# in the order accepted, while the executor replicas share the shards. Changing the count moves symbols between
+# shards: do it only with the executor stopped and every shard empty.
+SIGNAL_SHARDS_EXCHANGE = "tvtb.signals.shards"
+SIGNAL_SHARDS = 4
+EXECUTOR_SHARDS = tuple(
+    QueueSpec(f"executor.signals.{n}", SIGNAL_SHARDS_EXCHANGE, ("1",), single_active_consumer=True)  # "1": the weight
+    for n in range(SIGNAL_SHARDS)
+)
 NOTIFIER_EVENTS = QueueSpec("notifier.events", EVENTS_EXCHANGE, ("#",))
 # Services asking the control service to trip the kill switch (KillSwitchTripV1).
 CONTROL_TRIPS = QueueSpec("control.trips", EVENTS_EXCHANGE, ("control.trip.v1",))
-QUEUES = (EXECUTOR_SIGNALS, NOTIFIER_EVENTS, CONTROL_TRIPS)
+QUEUES = (*EXECUTOR_SHARDS, NOTIFIER_EVENTS, CONTROL_TRIPS)
 CONTROL_STREAM_ARGUMENTS = {"x-queue-type": "stream", "x-max-length-bytes": 100_000_000}
 
 
@@ -86,7 +94,9 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
 
 
 async def declare_topology(channel: AbstractChannel) -> None:
-    await channel.declare_exchange(SIGNALS_EXCHANGE, ExchangeType.TOPIC, durable=True)
+    signals = await channel.declare_exchange(SIGNALS_EXCHANGE, ExchangeType.TOPIC, durable=True)
+    shards = await channel.declare_exchange(SIGNAL_SHARDS_EXCHANGE, "x-consistent-hash", durable=True)
+    await shards.bind(signals, routing_key="#")
     await channel.declare_exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC, durable=True)
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.DIRECT, durable=True)
     for spec in QUEUES:

@@ -48,6 +48,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     # refused requests must not fill the disk for ever.
     "webhook_requests": [IndexModel([("until", ASCENDING)], expireAfterSeconds=30 * 24 * 3600)],
     "outbox": [IndexModel([("seq", ASCENDING)])],
+    # Executor replicas' heartbeats (services/executor/shards.py); a replica gone for a minute is forgotten.
+    "executor_replicas": [IndexModel([("seen_at", ASCENDING)], expireAfterSeconds=60)],
 }
 
 

@@ -137,11 +137,14 @@ class MongoServer:
 
 
 async def drain(amqp_url: str, queue_name: str, *, check=None, timeout: float = 10.0) -> list:
-    """Consume and ack everything a signals queue holds, by publishing a sentinel signal behind it and reading up to it."""
+    """Consume and ack everything a signals queue holds, by publishing a sentinel signal behind it and reading up to it.
+
+    The sentinel goes to the queue itself (the default exchange routes by queue name), whatever feeds it otherwise.
+    """
     import aio_pika
 
     from shared.contracts import Action, SignalReceivedV1, decode, signals_in, utcnow
-    from shared.messaging import SIGNALS_EXCHANGE, Publisher
+    from shared.messaging import Publisher
 
     connection = await aio_pika.connect(amqp_url)
     try:
@@ -149,7 +152,7 @@ async def drain(amqp_url: str, queue_name: str, *, check=None, timeout: float = 
         publisher = await Publisher.open(connection)
         await publisher.publish(
             SignalReceivedV1(signal_id=sentinel_id, token_name="test", symbol="BTC/USDT:USDT", action=Action.BUY, received_at=utcnow()),
-            exchange=SIGNALS_EXCHANGE,
+            exchange="", routing_key=queue_name,
         )
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=100)
@@ -168,3 +171,13 @@ async def drain(amqp_url: str, queue_name: str, *, check=None, timeout: float = 
         return found
     finally:
         await connection.close()
+
+
+async def drain_signals(amqp_url: str, *, check=None, timeout: float = 10.0) -> list:
+    """Everything the executor's shards hold, shard after shard; within a shard (one account+symbol), in order."""
+    from shared.messaging import EXECUTOR_SHARDS
+
+    found: list = []
+    for shard in EXECUTOR_SHARDS:
+        found.extend(await drain(amqp_url, shard.name, check=check, timeout=timeout))
+    return found

@@ -6,11 +6,11 @@ from aiohttp import web
 
 from services.executor.bootstrap import Executor
 from shared import mongo
-from shared.messaging import Consumer
+from services.executor.shards import ShardConsumers
 from shared.observability import Readiness, add_health_routes
 
 
-def create_app(executor: Executor, consumer: Consumer) -> web.Application:
+def create_app(executor: Executor, consumer: ShardConsumers) -> web.Application:
     app = web.Application()
 
     async def readiness() -> Readiness:
@@ -21,6 +21,8 @@ def create_app(executor: Executor, consumer: Consumer) -> web.Application:
             "mongo": database,
             "exchange": executor.exchange_ready.is_set(),
             "consuming": consumer.consuming,
+            "replica": consumer.replica,
+            "shards": consumer.owned,
             **executor.deps.view.describe(),
         }
         ready = broker and database and executor.exchange_ready.is_set() and consumer.consuming and executor.deps.view.known.is_set()

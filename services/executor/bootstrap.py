@@ -49,7 +49,7 @@ async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event) -> None
 async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = None) -> AsyncIterator[Executor]:
     registry = CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
-        infra = await open_infrastructure(stack, settings, "executor", ("signals", "orders", "signal_conflicts"))
+        infra = await open_infrastructure(stack, settings, "executor", ("signals", "orders", "signal_conflicts", "executor_replicas"))
         db, connection = infra.db, infra.connection
         publisher = await messaging.Publisher.open(connection)
 

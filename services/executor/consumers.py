@@ -1,4 +1,5 @@
-"""The executor's AMQP door: consume signals, but only once the kill-switch state and the venue are known."""
+"""The executor's AMQP door: consume its shards of the signals, but only once the kill-switch state and the venue
+are known."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from opentelemetry import trace
 
 from services.executor.bootstrap import Executor
 from services.executor.handlers import handle_signal
+from services.executor.shards import ShardConsumers
 from shared.contracts import Message, SignalBatchV1, SignalReceivedV1
 from shared.errors import PermanentError
-from shared.messaging import EXECUTOR_SIGNALS, Consumer
 from shared.observability import bound_signal, extract_trace
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,8 @@ tracer = trace.get_tracer("tvtb.executor")
 
 
 @contextlib.asynccontextmanager
-async def consuming(executor: Executor) -> AsyncIterator[Consumer]:
-    """Start consuming signals when the state is learned (fail closed); stop first on the way out."""
-    channel = await executor.connection.channel()
+async def consuming(executor: Executor, *, replica: str | None = None) -> AsyncIterator[ShardConsumers]:
+    """Take part in the shard rota when the state is learned (fail closed); leave it first on the way out."""
 
     async def handle(message: Message, raw: AbstractIncomingMessage) -> None:
         if isinstance(message, SignalReceivedV1):
@@ -36,20 +36,20 @@ async def consuming(executor: Executor) -> AsyncIterator[Consumer]:
                 with tracer.start_as_current_span("handle signal", context=extract_trace(headers)), bound_signal(signal.signal_id):
                     await handle_signal(signal, executor.deps)
         else:
-            raise PermanentError(f"{type(message).__name__} does not belong on {EXECUTOR_SIGNALS.name}")
+            raise PermanentError(f"{type(message).__name__} does not belong on the executor's shards")
 
-    # prefetch 1 with a single active consumer: signals execute one at a time, in the order accepted.
-    consumer = Consumer(channel=channel, queue_name=EXECUTOR_SIGNALS.name, handler=handle, prefetch=1, name="executor")
-
-    async def start_when_known() -> None:
+    async def known() -> None:
         await executor.deps.view.known.wait()
         await executor.exchange_ready.wait()
-        await consumer.start()
 
-    starter = asyncio.create_task(start_when_known())
+    # prefetch 1 on each shard, whose single active consumer is its owner: one account+symbol runs in order.
+    shards = ShardConsumers(executor.connection, executor.deps.db, handle, replica=replica,
+                            on_change=executor.deps.metrics.show_shards)
+    executor.deps.replica = shards.replica
+    runner = asyncio.create_task(shards.run(known))
     try:
-        yield consumer
+        yield shards
     finally:
-        starter.cancel()
-        await asyncio.gather(starter, return_exceptions=True)
-        await consumer.stop()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await shards.stop()

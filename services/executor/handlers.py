@@ -78,9 +78,13 @@ class ExecutorMetrics:
         self.signal_to_order = Histogram(
             "tvtb_signal_to_order_seconds", "From the ingress accepting a signal to the venue confirming its order", buckets=LATENCY_BUCKETS, registry=registry
         )
+        self.shards = Gauge("tvtb_executor_shards_owned", "Shards of the signals this replica consumes", registry=registry)
         self.drift = Counter("tvtb_position_drift_total", "Signals after which the venue's position differed from the strategy's", registry=registry)
         self.alerts = Counter("tvtb_alerts_total", "Alerts raised for an operator, by severity and kind", ["severity", "kind"], registry=registry)
         self.mode = Gauge("tvtb_killswitch_mode", "Kill-switch mode this service believes (1 for the current one)", ["mode"], registry=registry)
+
+    def show_shards(self, owned: set[int]) -> None:
+        self.shards.set(len(owned))
 
     def show_mode(self, mode: KillSwitchMode | None) -> None:
         for candidate in KillSwitchMode:
@@ -118,6 +122,7 @@ class ExecutorDeps:
     metrics: ExecutorMetrics
     breaker: Breaker = dataclasses.field(default_factory=Breaker)
     risk: RiskLimits = dataclasses.field(default_factory=RiskLimits)
+    replica: str = ""  # which executor replica this is (services/executor/shards.py)
 
 
 async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
@@ -419,6 +424,7 @@ async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
         "signal": signal.model_dump(mode="python"),
         "received_at": signal.received_at,
         "claimed_at": now,
+        "claimed_by": deps.replica,
         "updated_at": now,
         "attempts": 0,
         "fingerprint": _fingerprint(signal),

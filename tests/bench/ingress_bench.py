@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.support import ROOT, MongoServer, create_vhost, delete_vhost, drain, free_port, purge_queue, queue_info
+from tests.support import ROOT, MongoServer, create_vhost, delete_vhost, drain_signals, free_port, purge_queue, queue_info
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH_DIR / "unique_alert.lua"
@@ -39,7 +39,7 @@ BROKER_COMMANDS = {"beam.smp", "erl_child_setup", "epmd", "inet_gethost"}
 WEBHOOK_PATH = "/webhook/tradingview"
 TOKEN_NAME = "bench"
 BARE_QUEUE = "bench.bare"
-SIGNALS_QUEUE = "executor.signals"  # DESIGN.md's queue the ingress feeds; nothing consumes it during the bench
+SIGNALS_QUEUE = "executor.signals.*"  # the executor's shards, which the ingress feeds; nothing consumes them during the bench
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 15
 TARGET_NAMES = ("bare-parse", "bare-confirmed-publish", "ingress")
@@ -280,7 +280,7 @@ def measure(target: Target, duration: int, token: str, vhost: str, mongo_pid: in
         if target.name == "ingress":
             # The ingress commits alerts in groups (a SignalBatchV1 holds several): count signals, not messages,
             # and check that none is there twice.
-            signals = asyncio.run(drain(target.env["AMQP_URL"], target.queue, timeout=30))
+            signals = asyncio.run(drain_signals(target.env["AMQP_URL"], timeout=30))
             ids = [signal.signal_id for signal in signals]
             queue.update(messages=len(ids), distinct=len(set(ids)), unit="signals")
         else:

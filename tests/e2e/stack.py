@@ -38,6 +38,7 @@ class Stack:
     logs: Path
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    modules: dict[str, str] = field(default_factory=dict)  # a second executor runs services.executor too
 
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
@@ -62,14 +63,24 @@ class Stack:
         env.update({setting: str(self.ports[name]) for name, (setting, _) in SERVICES.items()})
         return env
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, module: str | None = None) -> None:
+        """Start `services.<module>` (the name's own by default) as `name`, on a port of its own."""
+        module = self.modules.setdefault(name, module or name)
+        env = self.env()
+        env[SERVICES[module][0]] = str(self.ports.setdefault(name, free_port()))
         log = open(self.logs / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", f"services.{module}"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
 
+    def kill(self, name: str) -> None:
+        """SIGKILL: no goodbye, no cleanup, as when a machine dies."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait(10)
+
     async def ready(self, name: str, timeout: float = 30.0) -> dict:
-        path = SERVICES[name][1]
+        path = SERVICES[self.modules.get(name, name)][1]
 
         async def probe() -> dict | None:
             process = self.processes[name]
@@ -108,4 +119,4 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def all_logs(self) -> str:
-        return "\n".join(self.log(name) for name in SERVICES)
+        return "\n".join(self.log(name) for name in {*SERVICES, *self.modules})

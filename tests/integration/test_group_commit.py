@@ -10,8 +10,7 @@ from opentelemetry import trace
 from services.ingress.bootstrap import build
 from services.ingress.settings import IngressSettings
 from shared.contracts import Action, SignalBatchV1, SignalReceivedV1, utcnow
-from shared.messaging import EXECUTOR_SIGNALS
-from tests.support import drain, set_policy
+from tests.support import drain_signals, set_policy
 
 tracer = trace.get_tracer("tests.group_commit")
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT")
@@ -45,7 +44,7 @@ async def test_signals_committed_together_reach_the_queue_once_each_in_order_wit
         outcomes, traces = await commit_all(ingress, 90)
         rounds = ingress.committer.rounds
     assert outcomes == ["published"] * 90
-    delivered = await drain(amqp_url, EXECUTOR_SIGNALS.name, check=lambda message, decoded: messages.append((message, decoded)))
+    delivered = await drain_signals(amqp_url, check=lambda message, decoded: messages.append((message, decoded)))
 
     ids = [s.signal_id for s in delivered]
     assert sorted(ids) == [f"g-{n:03d}" for n in range(90)]  # each once
@@ -71,7 +70,7 @@ async def test_a_round_the_broker_refuses_goes_to_the_outbox_in_order_and_later_
     async with build(settings(amqp_url, mongo_uri, mongo_db_name)) as ingress:
         await ingress.outbox.load()
         # A full queue that refuses new messages: the broker nacks every publish.
-        set_policy(vhost, "full", "^executor\\.signals$", {"max-length": 0, "overflow": "reject-publish"})
+        set_policy(vhost, "full", "^executor\\.signals\\.[0-9]+$", {"max-length": 0, "overflow": "reject-publish"})
         probe = 0
         while True:  # policies take effect asynchronously: probe with a signal of its own until one is refused
             probe += 1

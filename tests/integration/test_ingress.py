@@ -16,8 +16,7 @@ from services.ingress.bootstrap import build
 from services.ingress.settings import IngressSettings
 from services.ingress.store import request_records
 from shared.contracts import SignalBatchV1, SignalReceivedV1
-from shared.messaging import EXECUTOR_SIGNALS
-from tests.support import MongoServer, drain, set_policy, wait_for
+from tests.support import MongoServer, drain_signals, set_policy, wait_for
 
 SECRET = "tv-secret-0123456789abcdef"
 OTHER_SECRET = "rotated-secret-abcdef0123456789"
@@ -38,7 +37,7 @@ async def queued_signals(amqp_url: str) -> list[SignalReceivedV1]:
 
     (The queue has a single active consumer, so basic.get is refused; the sentinel tells when it is drained.)
     """
-    return [s for s in await drain(amqp_url, EXECUTOR_SIGNALS.name, check=_check_amqp_properties)]
+    return [s for s in await drain_signals(amqp_url, check=_check_amqp_properties)]
 
 
 def _check_amqp_properties(message, decoded) -> None:
@@ -167,7 +166,7 @@ async def test_a_nacked_signal_waits_in_the_outbox_and_503_only_when_the_databas
     try:
         async with ingress_client(amqp_url, private.uri, mongo_db_name) as client:
             # A full queue that refuses new messages: the broker nacks the publish instead of confirming it.
-            set_policy(vhost, "full", "^executor\\.signals$", {"max-length": 0, "overflow": "reject-publish"})
+            set_policy(vhost, "full", "^executor\\.signals\\.[0-9]+$", {"max-length": 0, "overflow": "reject-publish"})
 
             async def outboxed() -> dict | None:
                 response = await client.post("/webhook/tradingview", data=alert(f"o-{time.monotonic_ns()}"))
@@ -199,7 +198,7 @@ async def test_a_resend_after_a_503_carries_the_same_signal_id_so_it_can_never_t
     private.start()
     try:
         async with ingress_client(amqp_url, private.uri, mongo_db_name) as client:
-            set_policy(vhost, "full", "^executor\\.signals$", {"max-length": 0, "overflow": "reject-publish"})
+            set_policy(vhost, "full", "^executor\\.signals\\.[0-9]+$", {"max-length": 0, "overflow": "reject-publish"})
 
             async def refused_by_broker() -> bool:
                 metrics = await (await client.get("/metrics")).text()

@@ -13,10 +13,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.ingress.app import create_app
 from services.ingress.bootstrap import build
 from services.ingress.settings import IngressSettings
-from shared.messaging import EXECUTOR_SIGNALS
 from tests.integration.test_ingress import OTHER_SECRET, SECRET, ingress_client, queued_signals, records
 from tests.proxy import TcpProxy
-from tests.support import RABBIT_PORT, drain, wait_for
+from tests.support import RABBIT_PORT, drain_signals, wait_for
 
 WEBHOOK = "/webhook/tradingview"
 
@@ -179,7 +178,7 @@ async def test_a_dropped_broker_link_loses_nothing_and_keeps_the_order(amqp_url,
             assert await mongo_db.outbox.count_documents({}) == 0
     finally:
         await proxy.stop()
-    delivered = [s.signal_id for s in await drain(amqp_url, EXECUTOR_SIGNALS.name)]
+    delivered = [s.signal_id for s in await drain_signals(amqp_url)]
     assert accepted == [f"seq-{n:03d}" for n in range(80)]
     assert delivered == accepted  # every alert answered 200, exactly once, in order
     durable = [r["durable"] for r in await records(mongo_db, 80) if r["result"] == "accepted"]
@@ -228,7 +227,7 @@ async def test_a_broker_link_cut_under_concurrent_load_loses_and_reorders_nothin
             await wait_for(relayed, timeout=30, what="the outbox to drain")
     finally:
         await proxy.stop()
-    delivered = [s.signal_id for s in await drain(amqp_url, EXECUTOR_SIGNALS.name)]
+    delivered = [s.signal_id for s in await drain_signals(amqp_url)]
     assert len(delivered) == len(set(delivered)) == senders * per_sender  # every 200 in the queue, none twice
     for k in range(senders):
         assert [i for i in delivered if i.startswith(f"s{k:02d}-")] == accepted[k]  # each sender's order kept
@@ -272,3 +271,4 @@ async def test_a_body_that_trickles_in_too_slowly_gets_408_and_a_record(amqp_url
         [record] = await records(mongo_db, 1)
     assert record["result"] == "timeout" and record["reason"] == "the body did not arrive in time"
     assert await queued_signals(amqp_url) == []
+

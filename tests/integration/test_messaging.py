@@ -13,7 +13,7 @@ from opentelemetry import trace
 from shared import messaging
 from shared.contracts import Action, SignalReceivedV1, utcnow
 from shared.errors import PermanentError
-from shared.messaging import EXECUTOR_SIGNALS, SIGNALS_EXCHANGE, Consumer, Publisher
+from shared.messaging import EXECUTOR_SHARDS, SIGNALS_EXCHANGE, Consumer, Publisher
 from shared.observability import JsonFormatter
 from tests.support import wait_for
 
@@ -30,6 +30,22 @@ async def ready_count(connection, queue: str) -> int:
         return declared.message_count
     finally:
         await channel.close()
+
+
+async def consume_every_shard(connection, handle) -> list[Consumer]:
+    consumers = [Consumer(await connection.channel(), shard.name, handle) for shard in EXECUTOR_SHARDS]
+    for consumer in consumers:
+        await consumer.start()
+    return consumers
+
+
+async def stop(consumers: list[Consumer]) -> None:
+    for consumer in consumers:
+        await consumer.stop()
+
+
+async def ready_in_shards(connection, *, dead_letters: bool = False) -> int:
+    return sum([await ready_count(connection, shard.dlq if dead_letters else shard.name) for shard in EXECUTOR_SHARDS])
 
 
 async def test_topology_is_declared_idempotently_and_consumers_see_the_trace(amqp_url):
@@ -49,12 +65,11 @@ async def test_topology_is_declared_idempotently_and_consumers_see_the_trace(amq
         async def handle(message, raw) -> None:
             seen.append((message.signal_id, trace.get_current_span().get_span_context().trace_id))
 
-        consumer = Consumer(await connection.channel(), EXECUTOR_SIGNALS.name, handle)
-        await consumer.start()
+        consumers = await consume_every_shard(connection, handle)
         await wait_for(lambda: _value(seen), what="the signal")
-        await consumer.stop()
+        await stop(consumers)
         assert seen == [("s-1", sent_trace)]  # one trace from the publisher to the consumer
-        assert await ready_count(connection, EXECUTOR_SIGNALS.name) == 0  # acked after the handler returned
+        assert await ready_in_shards(connection) == 0  # acked after the handler returned
     finally:
         await connection.close()
 
@@ -80,13 +95,12 @@ async def test_undecodable_and_permanently_failing_messages_go_to_the_dead_lette
                 raise PermanentError("cannot ever work")
             handled.append(message.signal_id)
 
-        consumer = Consumer(await connection.channel(), EXECUTOR_SIGNALS.name, handle)
-        await consumer.start()
+        consumers = await consume_every_shard(connection, handle)
         await wait_for(lambda: _value(handled), what="the good signal")
-        await consumer.stop()
+        await stop(consumers)
 
         async def dead_lettered() -> int:
-            return await ready_count(connection, EXECUTOR_SIGNALS.dlq) == 2
+            return await ready_in_shards(connection, dead_letters=True) == 2
 
         await wait_for(dead_lettered, what="two dead letters")
         assert handled == ["fine"]
@@ -108,12 +122,11 @@ async def test_a_failing_handler_returns_the_message_and_it_is_handled_again(amq
             if len(attempts) == 1:
                 raise ConnectionError("the database went away for a moment")
 
-        consumer = Consumer(await connection.channel(), EXECUTOR_SIGNALS.name, handle)
-        await consumer.start()
+        consumers = await consume_every_shard(connection, handle)
         await wait_for(lambda: _value(len(attempts) >= 2), what="the retry")
-        await consumer.stop()
+        await stop(consumers)
         assert attempts == [False, True]
-        assert await ready_count(connection, EXECUTOR_SIGNALS.dlq) == 0
+        assert await ready_in_shards(connection, dead_letters=True) == 0
     finally:
         await connection.close()
 

@@ -7,7 +7,7 @@ import aio_pika
 from shared import messaging
 from shared.contracts import Action, KillSwitchChangedV1, KillSwitchMode, SignalReceivedV1, utcnow
 from shared.killswitch import KillSwitchView, stream_reader
-from shared.messaging import CONTROL_STREAM, EXECUTOR_SIGNALS, SIGNALS_EXCHANGE, Consumer, Publisher
+from shared.messaging import CONTROL_STREAM, EXECUTOR_SHARDS, SIGNALS_EXCHANGE, Consumer, Publisher
 from tests.support import close_connections, wait_for
 
 
@@ -34,7 +34,8 @@ async def test_consumers_and_the_kill_switch_survive_a_dropped_connection(broker
         async def handle(message, raw) -> None:
             handled.append(message.signal_id)
 
-        await Consumer(await service.channel(), EXECUTOR_SIGNALS.name, handle).start()
+        for shard in EXECUTOR_SHARDS:
+            await Consumer(await service.channel(), shard.name, handle).start()
         await wait_for(lambda: _ready(view.mode is KillSwitchMode.RUNNING), what="the initial state")
 
         assert await wait_for(lambda: _ready(close_connections(vhost, "victim")), what="the connection to close") == 1

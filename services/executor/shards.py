@@ -1,0 +1,132 @@
+"""Which executor replica consumes which shard of the signals.
+
+Every replica writes a heartbeat to `executor_replicas` each second and reads who else is alive. Each shard belongs
+to one live replica, by rendezvous hashing capped at a fair share (so the work is spread, and a replica joining or
+leaving moves few shards), and only its owner consumes it. The shards' single-active-consumer rule covers the moments when two replicas both think
+they own a shard: the one that subscribed first keeps it until it lets go. A replica that dies stops heartbeating;
+within `lease_s` the others take its shards over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from aio_pika.abc import AbstractRobustConnection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.contracts import utcnow
+from shared.messaging import EXECUTOR_SHARDS, Consumer, Handler
+from shared.runtime import raise_if_cancelling
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+LEASE_S = 3.0
+
+
+def replica_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _score(replica: str, shard: int) -> bytes:
+    return hashlib.sha256(f"{replica}/{shard}".encode()).digest()
+
+
+def assignment(replicas: list[str], shards: int = len(EXECUTOR_SHARDS)) -> dict[int, str]:
+    """Each shard's owner: rendezvous hashing, capped so that every replica owns its fair share (give or take one).
+
+    Every replica that computes it from the same live set gets the same answer; a replica joining or leaving moves
+    few shards besides its own.
+    """
+    if not replicas:
+        return {}
+    load = dict.fromkeys(replicas, 0)
+    owners: dict[int, str] = {}
+    # Everyone first gets its floor share, then the rest go out one more each at most.
+    for cap in (shards // len(replicas), -(-shards // len(replicas))):
+        for shard in range(shards):
+            if shard in owners:
+                continue
+            for replica in sorted(replicas, key=lambda r: _score(r, shard), reverse=True):
+                if load[replica] < cap:
+                    owners[shard] = replica
+                    load[replica] += 1
+                    break
+    return owners
+
+
+def owned_by(replica: str, replicas: list[str], shards: int = len(EXECUTOR_SHARDS)) -> set[int]:
+    return {shard for shard, owner in assignment(replicas, shards).items() if owner == replica}
+
+
+class ShardConsumers:
+    """Keeps this replica consuming exactly the shards it owns."""
+
+    def __init__(self, connection: AbstractRobustConnection, db: AsyncDatabase, handler: Handler, *,
+                 replica: str | None = None, heartbeat_s: float = HEARTBEAT_S, lease_s: float = LEASE_S,
+                 on_change: Callable[[set[int]], None] | None = None) -> None:
+        self.connection, self.db, self.handler = connection, db, handler
+        self.replica = replica or replica_name()
+        self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
+        self.on_change = on_change
+        self.consumers: dict[int, Consumer] = {}
+        self.assigned = asyncio.Event()  # set once this replica has taken part in an assignment
+
+    @property
+    def consuming(self) -> bool:
+        """Ready to work: in the rota (owning some shards, or standing by for a replica that fails)."""
+        return self.assigned.is_set()
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self.consumers)
+
+    async def run(self, ready: Callable[[], Awaitable[None]]) -> None:
+        """Wait until trading may start (`ready`), then keep the assignment until cancelled."""
+        await ready()
+        while True:
+            try:
+                await self.rebalance()
+            except Exception as error:  # Mongo or the broker away: keep what is consumed now, try again
+                raise_if_cancelling()
+                log.warning("shard assignment not refreshed", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def rebalance(self) -> None:
+        now = utcnow()
+        await self.db.executor_replicas.update_one({"_id": self.replica}, {"$set": {"seen_at": now}}, upsert=True)
+        live = [d["_id"] async for d in self.db.executor_replicas.find(
+            {"seen_at": {"$gte": now - timedelta(seconds=self.lease_s)}}, {"_id": 1})]
+        if self.replica not in live:
+            live.append(self.replica)
+        wanted = owned_by(self.replica, live)
+        for shard in sorted(set(self.consumers) - wanted):
+            consumer = self.consumers.pop(shard)
+            await consumer.stop()  # the message in hand is finished and acked first
+            log.info("shard handed over", extra={"shard": shard, "replicas": len(live)})
+        for shard in sorted(wanted - set(self.consumers)):
+            consumer = Consumer(channel=await self.connection.channel(), queue_name=EXECUTOR_SHARDS[shard].name,
+                                handler=self.handler, prefetch=1, name=f"executor-{self.replica}")
+            await consumer.start()
+            self.consumers[shard] = consumer
+            log.info("shard taken", extra={"shard": shard, "replicas": len(live)})
+        if not self.assigned.is_set() or wanted != set(self.consumers):
+            self.assigned.set()
+        if self.on_change is not None:
+            self.on_change(set(self.consumers))
+
+    async def stop(self) -> None:
+        """Stop every consumer (messages in hand finish), and leave the rota at once so the others take over."""
+        for shard in sorted(self.consumers):
+            await self.consumers.pop(shard).stop()
+        try:
+            await self.db.executor_replicas.delete_one({"_id": self.replica})
+        except Exception:  # the lease runs out by itself
+            log.warning("could not leave the replica rota; the others take over when the lease runs out")
