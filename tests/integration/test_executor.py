@@ -161,6 +161,13 @@ async def test_while_halted_signals_are_skipped_and_never_executed_later(amqp_ur
         assert [o["amount"] for o in orders] == [0.02]
         assert (await h.signal_status(skipped.signal_id, "skipped")) is not None
         assert await events_of(h, "SignalSkippedV1", skipped.signal_id)
+        # A redelivery of the skipped signal while running must not execute it either.
+        await h.publisher.publish(skipped, exchange=messaging.SIGNALS_EXCHANGE, message_id=skipped.signal_id)
+        marker = await h.send(qty=Decimal("0.03"))  # handled after the redelivery, in order
+        assert (await h.settled(marker))["status"] == "placed"
+        assert (await h.signal_status(skipped.signal_id, "skipped")) is not None
+        assert sorted(o["amount"] for o in await h.venue_orders()) == [0.02, 0.03]
+        assert await mongo_db.orders.count_documents({"signal_id": skipped.signal_id}) == 0
 
 
 async def _mode_is(h: Harness, mode: KillSwitchMode) -> bool:
