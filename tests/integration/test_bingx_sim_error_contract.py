@@ -23,6 +23,7 @@ BALANCE = "/openApi/swap/v3/user/balance"
 class Venue:
     base_url: str
     exchange: ccxt.bingx
+    sandbox: bool
 
     async def admin(self, path: str, body: object) -> None:
         async with aiohttp.ClientSession() as session:
@@ -30,17 +31,18 @@ class Venue:
                 assert response.status == 200, await response.text()
 
     async def other_client(self, api_key: str, secret: str) -> None:
-        client = make_ccxt(self.base_url, api_key, secret, sandbox=True)
+        client = make_ccxt(self.base_url, api_key, secret, sandbox=self.sandbox)
         try:
             await client.fetch_balance()
         finally:
             await client.close()
 
 
-@pytest.fixture
-async def venue() -> AsyncIterator[Venue]:
-    async with connected_sim() as (base_url, exchange):
-        yield Venue(base_url, exchange)
+@pytest.fixture(params=[True, False], ids=["sandbox", "live"])
+async def venue(request: pytest.FixtureRequest) -> AsyncIterator[Venue]:
+    """Every code in both of ccxt's URL modes: sandbox (VST demo URLs) and live (urls['api'] at the simulator)."""
+    async with connected_sim(sandbox=request.param) as (base_url, exchange):
+        yield Venue(base_url, exchange, request.param)
 
 
 Scenario = Callable[[Venue], Awaitable[object]]

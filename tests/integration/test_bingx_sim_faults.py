@@ -34,10 +34,10 @@ async def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def sim(clock: Clock) -> AsyncIterator[tuple[str, ccxt.bingx]]:
+@pytest.fixture(params=[True, False], ids=["sandbox", "live"])
+async def sim(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[tuple[str, ccxt.bingx]]:
     async with running_sim(clock=clock) as base_url:
-        exchange = make_ccxt(base_url, "k", "s", sandbox=True)
+        exchange = make_ccxt(base_url, "k", "s", sandbox=request.param)
         clock.bind(exchange)
         try:
             await exchange.load_markets()

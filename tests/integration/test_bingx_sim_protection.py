@@ -13,9 +13,9 @@ from tests.bingx_sim_support import connected_sim
 BTC = "BTC/USDT:USDT"
 
 
-@pytest.fixture
-async def exchange() -> AsyncIterator[ccxt.bingx]:
-    async with connected_sim() as (_, client):
+@pytest.fixture(params=[True, False], ids=["sandbox", "live"])
+async def exchange(request: pytest.FixtureRequest) -> AsyncIterator[ccxt.bingx]:
+    async with connected_sim(sandbox=request.param) as (_, client):
         yield client
 
 

@@ -13,9 +13,9 @@ from tests.bingx_sim_support import connected_sim
 BTC = "BTC/USDT:USDT"
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[tuple[str, ccxt.bingx]]:
-    async with connected_sim() as connected:
+@pytest.fixture(params=[True, False], ids=["sandbox", "live"])
+async def sim(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, ccxt.bingx]]:
+    async with connected_sim(sandbox=request.param) as connected:
         yield connected
 
 
