@@ -23,12 +23,14 @@ venv: $(VENV)/.installed
 
 # The tests start their own MongoDB-compatible server (SecantusDB) on a free port and stop it at the end;
 # RabbitMQ is reused when it runs, else started (or installed) here. Each test gets a fresh vhost.
-# A broker started here is stopped again afterwards, whatever pytest's outcome; pytest's exit status is kept.
+# A broker started here is stopped again afterwards, whatever pytest's outcome and also when ensure-rabbitmq.sh
+# fails after starting one; the first failure's exit status is kept.
 RABBIT_MARK := .run/rabbitmq-started-by-make-test
 
 test: venv
-	./ops/scripts/ensure-rabbitmq.sh --mark $(RABBIT_MARK)
-	status=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || status=$$?; ./ops/scripts/stop-rabbitmq.sh $(RABBIT_MARK); exit $$status
+	status=0; ./ops/scripts/ensure-rabbitmq.sh --mark $(RABBIT_MARK) || status=$$?; \
+	if [ $$status -eq 0 ]; then $(VENV)/bin/pytest $(PYTEST_ARGS) || status=$$?; fi; \
+	./ops/scripts/stop-rabbitmq.sh $(RABBIT_MARK); exit $$status
 
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

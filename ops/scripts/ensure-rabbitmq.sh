@@ -21,10 +21,11 @@ if ! port_open; then
     fi
     echo "ensure-rabbitmq: starting rabbitmq-server"
     rabbitmq-server -detached
+    # Noted at once, so a broker that starts but then fails the checks below is still stopped by the caller.
+    if [[ -n "$mark" ]]; then mkdir -p "$(dirname "$mark")"; echo "started $(date -u +%FT%TZ)" >"$mark"; fi
     for _ in $(seq 1 120); do port_open && break; sleep 0.5; done
     port_open || { echo "ensure-rabbitmq: the broker did not open 127.0.0.1:5672 within 60 s" >&2; exit 1; }
     rabbitmqctl -q await_startup --timeout 60
-    if [[ -n "$mark" ]]; then mkdir -p "$(dirname "$mark")"; echo "started $(date -u +%FT%TZ)" >"$mark"; fi
 fi
 
 # Management gives the tests their per-run vhost and the control service its queue depths;
