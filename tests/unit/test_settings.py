@@ -49,6 +49,8 @@ def run_service(name: str, env: dict[str, str]) -> subprocess.CompletedProcess:
          "WEBHOOK_TOKEN_SYMBOLS names tokens that WEBHOOK_TOKENS does not have: b"),
         ("ingress", {**BASE, "WEBHOOK_TOKENS": "a:s3cr3t", "WEBHOOK_ALLOWED_SOURCES": "tradingview,example.com"},
          "WEBHOOK_ALLOWED_SOURCES: 'example.com' is not an IP address"),
+        ("bingx_sim", {"BINGX_API_KEY": "k", "BINGX_API_SECRET": "s3cr3t", "BINGX_SIM_PRICES": "BTC-USDT=60000,ETH-USDT=abc"},
+         "bingx_sim: configuration error: BINGX_SIM_PRICES: the price of ETH-USDT ('abc') is not a number"),
     ],
 )
 def test_a_bad_setting_stops_the_service_with_one_clear_line(service, env, expected):
