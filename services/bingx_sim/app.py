@@ -531,6 +531,11 @@ def _envelope(now: int, data: Any = NO_DATA, code: int = 0, msg: str = "") -> we
     return web.json_response(body)
 
 
+def _rate_limited(now: int) -> web.Response:
+    # BingX answers a breach with HTTP 429 *and* a JSON body, so ccxt raises OperationFailed.
+    return web.json_response({"code": RATE_LIMIT_CODE, "msg": RATE_LIMIT_MSG, "timestamp": now}, status=429)
+
+
 async def _injected(request: web.Request, faults: list[Fault], now: int) -> web.StreamResponse | None:
     """What the injected faults answer instead of the simulator, or None to answer normally (maybe late)."""
     delay = sum(f.latency_ms for f in faults if f.kind == "latency")
@@ -547,6 +552,8 @@ async def _injected(request: web.Request, faults: list[Fault], now: int) -> web.
             return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type)
         if fault.kind == "error":
             return _envelope(now, code=fault.code, msg=fault.msg)
+        if fault.kind == "rate_limit":
+            return _rate_limited(now)
     return None
 
 
@@ -567,9 +574,7 @@ def _door(handler: Handler, signed: bool) -> Callable[[web.Request], Any]:
                 account = sim.authenticate(raw_query, request.headers.get("X-BX-APIKEY"), now)
                 if not sim.rate_limiter.allow(account.api_key, request.path, now):
                     log.info("%s %s refused: rate limit", request.method, request.path)
-                    # BingX answers a breach with HTTP 429 *and* a JSON body, so ccxt raises OperationFailed.
-                    return web.json_response({"code": RATE_LIMIT_CODE, "msg": RATE_LIMIT_MSG, "timestamp": now},
-                                             status=429)
+                    return _rate_limited(now)
                 engine = account.engine
             data = handler(engine, signing.parse_query(raw_query), now)
             if signed and request.method != "GET":  # only signed POSTs and DELETEs change an account

@@ -6,7 +6,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-FAULT_KINDS = frozenset({"error", "http", "latency", "drop"})
+# rate_limit answers as RateLimiter does on a breach (HTTP 429, code 100410), for a count or a window of requests.
+FAULT_KINDS = frozenset({"error", "http", "latency", "drop", "rate_limit"})
 # The messages BingX sends with these codes (ccxt maps by exact message first, then by code).
 DEFAULT_MESSAGES = {
     100410: "The current system is busy, please try again later",
@@ -64,7 +65,12 @@ def _int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
 
 
 def parse_fault(body: dict[str, Any], fault_id: int, now_ms: int) -> Fault:
-    """A fault from the admin API's JSON: {"kind": ..., "count": N | "seconds": S, "path": ..., ...}."""
+    """A fault from the admin API's JSON: {"kind": ..., "count": N | "seconds": S, "path": ..., "method": ...}.
+
+    Kinds: "error" (BingX's JSON envelope with `code` and `msg`), "http" (`status` with a non-JSON `body`),
+    "latency" (`ms` before answering), "drop" (the connection closed without an answer), and "rate_limit" (HTTP 429
+    with code 100410, exactly what the rate limiter answers on a breach, whether or not the limiter is on).
+    """
     kind = body.get("kind")
     if kind not in FAULT_KINDS:
         raise ValueError(f"kind must be one of {', '.join(sorted(FAULT_KINDS))}")
@@ -91,6 +97,9 @@ def parse_fault(body: dict[str, Any], fault_id: int, now_ms: int) -> Fault:
         fault.status = _int(body, "status", 400, 599) or 503
         fault.body = body.get("body", "Service Unavailable" if fault.status != 429 else "Too Many Requests")
         fault.content_type = body.get("content_type") or "text/plain"
+    elif kind == "rate_limit":
+        # Shown as what it answers; nothing here is configurable, so it stays identical to the limiter's answer.
+        fault.code, fault.msg, fault.status = RATE_LIMIT_CODE, RATE_LIMIT_MSG, 429
     elif kind == "latency":
         latency = _int(body, "ms", 1, 600_000)
         if latency is None:

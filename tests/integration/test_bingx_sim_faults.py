@@ -14,6 +14,7 @@ from tests.bingx_sim_support import make_ccxt, running_sim
 
 BTC = "BTC/USDT:USDT"
 BALANCE = "/openApi/swap/v3/user/balance"
+OPEN_ORDERS = "/openApi/swap/v2/trade/openOrders"
 
 
 class Clock:
@@ -166,6 +167,52 @@ async def test_the_rate_limit_is_off_by_default_and_429s_with_100410_when_on(sim
     await admin(base_url, "POST", "/_sim/rate_limit", {"enabled": False})
     for _ in range(8):
         await exchange.fetch_open_orders(BTC)
+
+
+async def rate_limit_refusal(call: object) -> str:
+    """What ccxt raised for a rate-limit answer: exactly OperationFailed, as §8 says for 100410 even with a 429."""
+    with pytest.raises(ccxt.OperationFailed) as raised:
+        await call  # type: ignore[misc]
+    assert type(raised.value) is ccxt.OperationFailed
+    assert '"code":100410' in str(raised.value).replace(" ", ""), raised.value
+    return str(raised.value)
+
+
+async def test_a_rate_limit_fault_refuses_the_next_n_requests_as_the_rate_limiter_does(
+        sim: tuple[str, ccxt.bingx], clock: Clock) -> None:
+    base_url, exchange = sim
+    # The limiter's own refusal, to compare the fault's answer with.
+    await admin(base_url, "POST", "/_sim/rate_limit", {"enabled": True, "per_second": 1})
+    await exchange.fetch_open_orders(BTC)
+    limiter_said = await rate_limit_refusal(exchange.fetch_open_orders(BTC))
+    await admin(base_url, "POST", "/_sim/rate_limit", {"enabled": False})
+
+    fault = await inject(base_url, kind="rate_limit", count=3, path=OPEN_ORDERS)
+    assert (fault["status"], fault["code"], fault["remaining"]) == (429, 100410, 3)
+    await exchange.fetch_balance()  # another path: untouched
+    assert await rate_limit_refusal(exchange.fetch_open_orders(BTC)) == limiter_said
+    await rate_limit_refusal(exchange.fetch_open_orders())
+    async with aiohttp.ClientSession() as session:  # the third, unsigned, to see the status ccxt does not show
+        async with session.get(f"{base_url}{OPEN_ORDERS}") as response:
+            assert response.status == 429
+            assert await response.json() == {"code": 100410, "msg": fault["msg"], "timestamp": int(clock.now * 1000)}
+    assert await exchange.fetch_open_orders(BTC) == []
+    assert (await admin(base_url, "GET", "/_sim/faults"))[1]["faults"] == []
+
+
+async def test_a_rate_limit_fault_for_a_time_window_refuses_everything_until_it_ends(
+        sim: tuple[str, ccxt.bingx], clock: Clock) -> None:
+    base_url, exchange = sim
+    fault = await inject(base_url, kind="rate_limit", seconds=2)
+    assert fault["until_ms"] == int(clock.now * 1000) + 2000 and fault["remaining"] is None
+    for _ in range(3):
+        await rate_limit_refusal(exchange.create_order(BTC, "market", "buy", 0.01))
+        await rate_limit_refusal(exchange.fetch_balance())
+    clock.now = (fault["until_ms"] - 0.5) / 1000  # half a millisecond before the end, clear of float rounding
+    await rate_limit_refusal(exchange.fetch_positions())
+    clock.now = (fault["until_ms"] + 0.5) / 1000
+    assert (await exchange.create_order(BTC, "market", "buy", 0.01))["status"] == "closed"
+    assert [p["contracts"] for p in await exchange.fetch_positions([BTC])] == [0.01]  # the refused ones placed nothing
 
 
 async def test_the_rate_limit_can_be_enabled_by_setting(clock: Clock) -> None:

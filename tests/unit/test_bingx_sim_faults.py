@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bingx_sim.faults import FaultBook, RateLimiter
+from services.bingx_sim.faults import RATE_LIMIT_MSG, FaultBook, RateLimiter
 
 T = 1_700_000_000_000
 ORDER = "/openApi/swap/v2/trade/order"
@@ -30,6 +30,16 @@ def test_a_window_fault_ends_on_time_and_a_fault_without_either_hits_once() -> N
     assert book.take("GET", ORDER, T + 2000) == []
     with pytest.raises(ValueError):
         book.add({"kind": "drop", "seconds": -1}, T)
+
+
+def test_a_rate_limit_fault_answers_429_with_100410_for_a_count_or_a_window() -> None:
+    book = FaultBook()
+    counted = book.add({"kind": "rate_limit", "count": 2, "path": ORDER}, T)
+    assert (counted.status, counted.code, counted.msg) == (429, 100410, RATE_LIMIT_MSG)
+    assert [len(book.take("POST", ORDER, T)) for _ in range(3)] == [1, 1, 0]
+    book.add({"kind": "rate_limit", "seconds": 1.5}, T)
+    assert [f.kind for f in book.take("GET", "/openApi/swap/v3/user/balance", T + 1499)] == ["rate_limit"]
+    assert book.take("GET", "/openApi/swap/v3/user/balance", T + 1500) == []
 
 
 def test_the_rate_limit_is_five_per_second_per_account_and_endpoint_when_enabled() -> None:
