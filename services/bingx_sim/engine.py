@@ -532,10 +532,18 @@ class Engine:
         before = {s: self.leverage(symbol, s) for s in sides}
         for s in sides:
             self._book.leverage[(symbol, s)] = leverage
-        # A lower leverage on an open position needs more margin: refuse it rather than go below zero.
+        # A resting opening order fills at the side's leverage of the moment, so what it holds follows the leverage:
+        # otherwise an order frozen at 20x could fill at 2x with ten times the margin the account was asked for.
+        refrozen = [(o, o.frozen_margin, o.leverage) for o in self.open_orders(symbol)
+                    if o.frozen_margin and (o.position_side in sides or not self._book.hedged)]
+        for order, frozen, placed_at in refrozen:
+            order.frozen_margin, order.leverage = _money(frozen * placed_at / leverage), leverage
+        # A lower leverage on an open position or order needs more margin: refuse it rather than go below zero.
         if self.account().raw_available < 0:
             for s, value in before.items():
                 self._book.leverage[(symbol, s)] = value
+            for order, frozen, placed_at in refrozen:
+                order.frozen_margin, order.leverage = frozen, placed_at
             raise BingxError(101204, "Insufficient margin")
 
     # ---- positions -------------------------------------------------------------------------------------------

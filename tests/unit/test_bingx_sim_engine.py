@@ -212,6 +212,21 @@ def test_leverage_rules() -> None:
     assert (sim.leverage("BTC-USDT", "LONG"), sim.leverage("BTC-USDT", "SHORT")) == (10, 3)
 
 
+def test_a_resting_order_holds_margin_at_the_leverage_it_will_fill_at() -> None:
+    # Found by the property test: an order frozen at 20x that filled after a change to 2x opened 9090 USDT of
+    # margin on a 2000 USDT account, which a close then turned into a negative balance.
+    sim = Engine(D("2000"), {}, now=NOW, default_leverage=20)
+    resting = sim.place_order(order("ETH-USDT", side="SELL", qty="6", type="LIMIT", price=D("3030")), NOW)
+    assert sim.account().frozen_margin == D("909")  # 18180 notional at 20x
+    assert code_of(lambda: sim.set_leverage("ETH-USDT", "BOTH", 2)) == 101204  # 9090 would be needed
+    assert (resting.frozen_margin, resting.leverage, sim.leverage("ETH-USDT", "SHORT")) == (D("909"), 20, 20)
+    sim.set_leverage("ETH-USDT", "BOTH", 10)
+    assert (sim.account().frozen_margin, resting.leverage) == (D("1818"), 10)
+    sim.set_prices({"ETH-USDT": D("3100")}, NOW)
+    [short] = sim.positions("ETH-USDT")
+    assert (short.margin, sim.account().frozen_margin) == (D("1818"), 0)
+
+
 def test_attached_stop_loss_becomes_an_order_that_goes_with_the_position() -> None:
     sim = engine()
     stop = '{"stopPrice":55000.1,"workingType":"MARK_PRICE","type":"STOP_MARKET","quantity":0.01}'
