@@ -911,7 +911,8 @@ class Engine:
             # In hedge mode the pair side x positionSide says whether the order opens or closes.
             opening = (side, position_side) in (("BUY", "LONG"), ("SELL", "SHORT"))
             if opening:
-                return _Plan(None, Decimal(0), position_side, qty)
+                # A stop-loss or take-profit sent with the opening pair (BUY+LONG) has nothing to close: it never opens.
+                return _Plan(None, Decimal(0), None if close_only else position_side, Decimal(0) if close_only else qty)
             position = self._book.positions.get((symbol, position_side))
             return _Plan(position, min(qty, position.qty) if position else Decimal(0), None, Decimal(0))
         direction = "LONG" if side == "BUY" else "SHORT"

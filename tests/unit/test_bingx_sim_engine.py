@@ -227,6 +227,15 @@ def test_a_resting_order_holds_margin_at_the_leverage_it_will_fill_at() -> None:
     assert (short.margin, sim.account().frozen_margin) == (D("1818"), 0)
 
 
+def test_in_hedge_mode_a_stop_sent_with_the_opening_pair_never_opens_a_position() -> None:
+    # Found by the property test: a BUY+LONG STOP_MARKET fired and opened a long, though a stop only ever closes.
+    sim = engine()
+    sim.set_position_mode(True)
+    stop = sim.place_order(order(type="STOP_MARKET", position_side="LONG", stop_price=D("59400")), NOW)
+    sim.set_prices({"BTC-USDT": D("60000")}, NOW)
+    assert (stop.status, sim.positions(), sim.fills) == ("CANCELLED", [], [])
+
+
 def test_attached_stop_loss_becomes_an_order_that_goes_with_the_position() -> None:
     sim = engine()
     stop = '{"stopPrice":55000.1,"workingType":"MARK_PRICE","type":"STOP_MARKET","quantity":0.01}'
