@@ -53,22 +53,33 @@ class Sim:
     walk_seed: int = 0
     walk_volatility: Decimal = Decimal("0.001")
     walk_steps: int = 0
+    save_failures: int = 0  # shown in GET /_sim/state: the simulator has no metrics endpoint
     _save_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.accounts.setdefault(self.api_key, SimAccount(self.api_key, self.api_secret, self.engine))
 
     async def save(self, accounts: Iterable[SimAccount]) -> None:
-        """Write accounts to the store, if there is one. A failed write is logged: the simulator keeps serving."""
-        if self.store is None:
-            return
+        """Trim each account's finished history, then write it to the store, if there is one.
+
+        A failed write is logged as an error on every attempt: the simulator keeps serving from memory, but what it
+        could not save is lost on a restart.
+        """
+        now = self.now_ms()
         for account in accounts:
+            # In memory too, so an account shows the same history whether or not it is persisted.
+            account.engine.prune(now)
+            if self.store is None:
+                continue
             # The snapshot is taken under the lock, so a slow earlier write can never land after a newer one.
             async with self._save_locks.setdefault(account.api_key, asyncio.Lock()):
                 try:
                     await self.store.save(account.api_key, account.engine.to_document())
                 except Exception:
-                    log.exception("could not save account %s...", account.api_key[:4])
+                    self.save_failures += 1
+                    log.exception("could not save account %s... (%d failed saves since start): its state since the "
+                                  "last save is in memory only and a restart loses it", account.api_key[:4],
+                                  self.save_failures)
 
     async def load(self) -> None:
         """Restore every account the store holds; an account it does not hold starts fresh."""
@@ -673,7 +684,8 @@ async def admin_state(request: web.Request) -> web.Response:
         account = _named_account(sim, request.query.get("account"))
     except ValueError as error:
         return web.json_response({"error": str(error)}, status=404)
-    return web.json_response({**state_view(account.engine), "accounts": list(sim.accounts)})
+    return web.json_response({**state_view(account.engine), "accounts": list(sim.accounts),
+                              "save_failures": sim.save_failures})
 
 
 async def admin_prices(request: web.Request) -> web.Response:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
 import aiohttp
 import ccxt.async_support as ccxt
+import pytest
 
+from services.bingx_sim.engine import HISTORY_MS
 from services.bingx_sim.store import COLLECTION, MemoryAccountStore, account_id
 from tests.bingx_sim_support import make_ccxt, running_sim
 
@@ -72,3 +78,67 @@ async def test_accounts_survive_a_restart_in_mongodb(mongo_uri: str, mongo_db_na
     assert saved is not None and "k" not in str(saved["_id"]) and saved["state"]["positions"]
     async with running_sim(mongo_uri=mongo_uri, mongo_db=mongo_db_name) as base_url:
         assert await after_restart(base_url) == before
+
+
+async def admin_state(base_url: str) -> dict:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base_url}/_sim/state") as response:
+            return await response.json()
+
+
+async def test_what_is_saved_leaves_out_finished_history_past_the_window(mongo_uri: str, mongo_db_name: str,
+                                                                         mongo_db) -> None:
+    offset = 0.0  # seconds the simulator's clock (and ccxt's timestamps) run ahead
+
+    def clock() -> float:
+        return time.time() + offset
+
+    async with running_sim(mongo_uri=mongo_uri, mongo_db=mongo_db_name, clock=clock) as base_url:
+        exchange = make_ccxt(base_url, "k", "s", sandbox=True)
+        exchange.nonce = lambda: int(clock() * 1000)
+        try:
+            await exchange.create_order(BTC, "market", "buy", 0.02, None, {"stopLoss": {"triggerPrice": 55000}})
+            await exchange.create_order(BTC, "market", "sell", 0.01)
+            await exchange.create_order(BTC, "market", "buy", 0.01)
+            await exchange.create_order(BTC, "limit", "buy", 0.01, 58000, {"clientOrderId": "dip"})
+            saved = (await mongo_db[COLLECTION].find_one({"_id": account_id("k")}))["state"]
+            assert (len(saved["orders"]), len(saved["fills"])) == (5, 3)  # 3 filled, a stop-loss, a resting limit
+            offset = HISTORY_MS / 1000 + 60
+            await move(base_url, "61000")  # a save, a month and a minute later
+            saved = (await mongo_db[COLLECTION].find_one({"_id": account_id("k")}))["state"]
+            assert sorted(o["type"] for o in saved["orders"]) == ["LIMIT", "STOP_MARKET"]
+            assert saved["fills"] == [] and len(saved["positions"]) == 1
+            before = await seen(exchange)
+            assert len(before["open"]) == 2 and len(before["positions"]) == 1
+        finally:
+            await exchange.close()
+    async with running_sim(mongo_uri=mongo_uri, mongo_db=mongo_db_name, clock=clock) as base_url:
+        exchange = make_ccxt(base_url, "k", "s", sandbox=True)
+        exchange.nonce = lambda: int(clock() * 1000)
+        try:
+            await exchange.load_markets()
+            assert await seen(exchange) == before  # what was pruned was history only
+        finally:
+            await exchange.close()
+
+
+class RefusingStore(MemoryAccountStore):
+    """A store whose writes fail, as MongoDB's do for a document over 16 MB."""
+
+    async def save(self, api_key: str, document: dict[str, Any]) -> None:
+        raise RuntimeError("BSON document too large")
+
+
+async def test_a_failed_save_is_an_error_every_time_and_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="bingx_sim")
+    async with running_sim(store=RefusingStore()) as base_url:
+        exchange = make_ccxt(base_url, "k", "s", sandbox=True)
+        try:
+            await exchange.create_order(BTC, "market", "buy", 0.01)  # answered: the simulator keeps serving
+            await move(base_url, "61000")
+        finally:
+            await exchange.close()
+        assert (await admin_state(base_url))["save_failures"] == 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "could not save account k..." in r.message]
+    assert len(errors) == 2 and "a restart loses it" in errors[0].message
+    assert errors[0].exc_info is not None and "too large" in str(errors[0].exc_info[1])

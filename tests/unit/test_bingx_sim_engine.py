@@ -337,3 +337,47 @@ def test_a_saved_account_restores_exactly_and_keeps_ids_unique() -> None:
     assert again.find_order(None, resting.order_id, None).status == "FILLED"
     with pytest.raises(ValueError):
         again.restore({**document, "version": 0})
+
+
+DAY = 24 * 3600 * 1000
+
+
+def test_pruning_keeps_the_latest_finished_history_and_every_open_order() -> None:
+    sim = engine()
+    resting = sim.place_order(order(type="LIMIT", price=D("50000"), client_order_id="Dip"), NOW)  # the oldest
+    sim.place_order(order(qty="0.02", stop_loss='{"stopPrice":50000}'), NOW)  # its stop-loss stays open
+    closes = [sim.place_order(order(side=side, client_order_id=f"c-{i}"), NOW + i)
+              for i, side in enumerate(["SELL", "BUY"] * 5, start=1)]
+    account, open_orders = sim.account(), sim.open_orders()
+    assert len(sim.all_orders()) == 13 and len(sim.fills) == 11
+
+    assert sim.prune(NOW + 10, keep=3) == 8 + 8
+    assert sim.open_orders() == open_orders and resting in sim.all_orders()
+    finished = [o for o in sim.all_orders() if not o.is_open]
+    assert finished == closes[-3:]
+    assert [f.order_id for f in sim.fills] == [o.order_id for o in closes[-3:]]
+    assert sim.account() == account  # the money is kept apart from the history
+    assert sim.find_order(None, closes[0].order_id, None) is None
+    sim.place_order(order(side="SELL", client_order_id="C-1"), NOW + 11)  # a forgotten client id is free again
+    assert code_of(lambda: sim.place_order(order(client_order_id="c-10"), NOW)) == 101481  # a kept one is not
+    assert sim.find_order(None, None, "dip") is resting
+    assert sim.prune(NOW + 12, keep=3) == 2  # the two orders just placed pushed two out: one order, one fill
+
+    restored = Engine(D("1"), {}, now=NOW)
+    restored.restore(json.loads(json.dumps(sim.to_document())))
+    assert restored.to_document() == sim.to_document()
+
+
+def test_pruning_forgets_finished_history_past_the_window_but_never_an_open_order_or_position() -> None:
+    sim = engine()
+    sim.place_order(order(qty="0.02"), NOW)
+    sim.place_order(order(side="SELL", qty="0.01"), NOW)
+    resting = sim.place_order(order(type="LIMIT", price=D("50000")), NOW)
+    sim.set_prices({"BTC-USDT": D("61000")}, NOW + 29 * DAY)
+    assert sim.prune(NOW + 30 * DAY, max_age_ms=30 * DAY) == 0  # exactly 30 days old: still kept
+    assert sim.prune(NOW + 30 * DAY + 1, max_age_ms=30 * DAY) == 4
+    assert (sim.all_orders(), sim.fills) == ([resting], [])
+    [position] = sim.positions()
+    assert (position.position.qty, position.position.entry_price) == (D("0.01"), D("60000"))
+    sim.set_prices({"BTC-USDT": D("49000")}, NOW + 31 * DAY)  # the kept limit still fills
+    assert resting.status == "FILLED" and sim.positions()[0].position.qty == D("0.02")
