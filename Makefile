@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+EXECUTOR_BENCH_ARGS ?=
 
 .PHONY: help venv test test-unit test-integration test-e2e run up down bench clean
 
@@ -47,12 +48,14 @@ run: venv
 	./ops/scripts/ensure-rabbitmq.sh
 	$(PY) ops/scripts/run_local.py
 
-# A benchmark, not a test: the ingress beside two bare aiohttp handlers under wrk (BENCH_ARGS="--duration 30").
+# Benchmarks, not tests: the ingress beside two bare aiohttp handlers under wrk (BENCH_ARGS="--duration 30"), then
+# alert-to-order latency at a steady 200 alerts/s beside ccxt's create_order alone (EXECUTOR_BENCH_ARGS="--rate 100").
 # wrk comes from Debian's package (wrk 4.1.0) when missing.
 bench: venv
 	./ops/scripts/ensure-rabbitmq.sh
 	@command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; }
 	$(PY) -m tests.bench.ingress_bench $(BENCH_ARGS)
+	$(PY) -m tests.bench.executor_bench $(EXECUTOR_BENCH_ARGS)
 
 # A fresh clone runs in paper mode at once: .env starts as a copy of .env.example (paper trading at the simulator,
 # placeholder secrets). Fill in real values before leaving paper mode.

@@ -133,8 +133,8 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
     status = document["status"]
     if status in TERMINAL:
         log.info("signal already handled; not executed again", extra={"status": status})
-        if not document.get("outcome_published"):
-            await _publish_outcome(deps, document)
+        # Published again: the first try may not have reached the broker. Its fixed message id keeps it told once.
+        await _publish_outcome(deps, document)
         return
     if status == RECEIVED and signal.resend_key is not None:
         first = await _earlier_delivery(deps, signal, document)
@@ -485,7 +485,7 @@ async def _finish(deps: ExecutorDeps, signal: SignalReceivedV1, status: str, eve
     document = await deps.db.signals.find_one_and_update(
         {"_id": signal.signal_id, "status": {"$nin": list(TERMINAL)}},
         {"$set": {"status": status, "updated_at": utcnow(), "outcome": {"type": event.TYPE, "body": encode(event).decode()},
-                  "outcome_published": False, **fields}},
+                  **fields}},
         return_document=ReturnDocument.AFTER,
     )
     deps.metrics.signals.labels(status).inc()
@@ -506,9 +506,8 @@ async def _record_leg(deps: ExecutorDeps, signal: SignalReceivedV1, legs: list[d
     """The order of one leg in `orders` and in the signal's legs; an earlier leg of several is told at once."""
     leg = legs[index]
     now = utcnow()
-    await deps.db.orders.update_one(
-        {"client_order_id": placed.client_order_id},
-        {"$setOnInsert": {
+    try:  # once per client order id (unique): a redelivery finds it recorded
+        await deps.db.orders.insert_one({
             "client_order_id": placed.client_order_id,
             "signal_id": signal.signal_id,
             "leg": index,
@@ -526,11 +525,11 @@ async def _record_leg(deps: ExecutorDeps, signal: SignalReceivedV1, legs: list[d
             "filled": placed.filled,
             "average": placed.average,
             "placed_at": now,
-        }},
-        upsert=True,
-    )
+        })
+    except DuplicateKeyError:
+        pass
+    # Kept with the signal when it finishes; until then a leg's order is found again at the venue by its client id.
     leg.update(order_id=placed.order_id, placed=dataclasses.asdict(placed), placed_at=now)
-    await deps.db.signals.update_one({"_id": signal.signal_id}, {"$set": {f"legs.{index}": leg, "updated_at": now}})
     deps.metrics.orders.labels(placed.status or "placed").inc()
     if index == 0:
         deps.metrics.signal_to_order.observe(max((now - signal.received_at).total_seconds(), 0.0))
@@ -552,7 +551,7 @@ def _placed_event(signal: SignalReceivedV1, leg: dict) -> OrderPlacedV1:
 async def _finish_placed(deps: ExecutorDeps, signal: SignalReceivedV1, legs: list[dict], *, stopped: str | None = None) -> None:
     """Every leg is at the venue, or (`stopped`) the kill switch or the signal's age stopped the rest."""
     done = [leg for leg in legs if leg.get("order_id")]
-    fields: dict[str, object] = {"order_id": done[-1]["order_id"], "order_ids": [leg["order_id"] for leg in done]}
+    fields: dict[str, object] = {"order_id": done[-1]["order_id"], "order_ids": [leg["order_id"] for leg in done], "legs": legs}
     if stopped is not None:
         fields["reason"] = f"{len(done)} of {len(legs)} orders placed; the rest not sent: {stopped}"
     await _finish(deps, signal, PLACED, _placed_event(signal, done[-1]), **fields)
@@ -565,4 +564,3 @@ async def _publish_outcome(deps: ExecutorDeps, document: dict) -> None:
     event = decode(outcome["type"], outcome["body"].encode())
     # A fixed message id per signal and outcome lets the notifier drop a republished event.
     await deps.publisher.publish(event, exchange=EVENTS_EXCHANGE, message_id=f"{document['_id']}:{outcome['type']}")
-    await deps.db.signals.update_one({"_id": document["_id"]}, {"$set": {"outcome_published": True}})

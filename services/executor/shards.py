@@ -107,6 +107,7 @@ class ShardConsumers:
         if self.replica not in live:
             live.append(self.replica)
         wanted = owned_by(self.replica, live)
+        self.assigned.set()  # in the rota from now on, owning shards or standing by
         for shard in sorted(set(self.consumers) - wanted):
             consumer = self.consumers.pop(shard)
             await consumer.stop()  # the message in hand is finished and acked first
@@ -117,8 +118,6 @@ class ShardConsumers:
             await consumer.start()
             self.consumers[shard] = consumer
             log.info("shard taken", extra={"shard": shard, "replicas": len(live)})
-        if not self.assigned.is_set() or wanted != set(self.consumers):
-            self.assigned.set()
         if self.on_change is not None:
             self.on_change(set(self.consumers))
 

@@ -68,6 +68,10 @@ class Stack:
         module = self.modules.setdefault(name, module or name)
         env = self.env()
         env[SERVICES[module][0]] = str(self.ports.setdefault(name, free_port()))
+        if module == "bingx_sim":
+            # The venue keeps its paper accounts in memory here: its own persistence has tests of its own, and its
+            # account documents, rewritten on every order, would load the test database the services share.
+            env.pop("MONGO_URI", None)
         log = open(self.logs / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{module}"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
