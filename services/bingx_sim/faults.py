@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # rate_limit answers as RateLimiter does on a breach (HTTP 429, code 100410), for a count or a window of requests.
-FAULT_KINDS = frozenset({"error", "http", "latency", "drop", "rate_limit"})
+FAULT_KINDS = frozenset({"error", "http", "latency", "drop", "rate_limit", "late_answer"})
 # The messages BingX sends with these codes (ccxt maps by exact message first, then by code).
 DEFAULT_MESSAGES = {
     100410: "The current system is busy, please try again later",
@@ -68,8 +68,10 @@ def parse_fault(body: dict[str, Any], fault_id: int, now_ms: int) -> Fault:
     """A fault from the admin API's JSON: {"kind": ..., "count": N | "seconds": S, "path": ..., "method": ...}.
 
     Kinds: "error" (BingX's JSON envelope with `code` and `msg`), "http" (`status` with a non-JSON `body`),
-    "latency" (`ms` before answering), "drop" (the connection closed without an answer), and "rate_limit" (HTTP 429
-    with code 100410, exactly what the rate limiter answers on a breach, whether or not the limiter is on).
+    "latency" (`ms` before answering), "drop" (the connection closed without an answer), "rate_limit" (HTTP 429
+    with code 100410, exactly what the rate limiter answers on a breach, whether or not the limiter is on), and
+    "late_answer" (the request is carried out at once, its answer sent `ms` later: an order that exists at the venue
+    while the client still waits, times out or dies).
     """
     kind = body.get("kind")
     if kind not in FAULT_KINDS:
@@ -100,10 +102,10 @@ def parse_fault(body: dict[str, Any], fault_id: int, now_ms: int) -> Fault:
     elif kind == "rate_limit":
         # Shown as what it answers; nothing here is configurable, so it stays identical to the limiter's answer.
         fault.code, fault.msg, fault.status = RATE_LIMIT_CODE, RATE_LIMIT_MSG, 429
-    elif kind == "latency":
+    elif kind in ("latency", "late_answer"):
         latency = _int(body, "ms", 1, 600_000)
         if latency is None:
-            raise ValueError("a latency fault needs ms")
+            raise ValueError(f"a {kind} fault needs ms")
         fault.latency_ms = latency
     return fault
 
