@@ -31,18 +31,25 @@ class Executor:
     exchange_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event) -> None:
-    """Keep trying until the venue answers: until then the executor is not ready and consumes nothing."""
+async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event, refresh_s: float) -> None:
+    """Keep trying until the venue answers (until then the executor is not ready and consumes nothing), then reload
+    the markets every `refresh_s`; a failed reload keeps the markets already known."""
     delay = 0.5
     while True:
         try:
             await exchange.start()
             ready.set()
-            return
+            break
         except ExchangeUnavailable as error:
             log.warning("exchange not reachable yet", extra={"error": str(error), "retry_in_s": delay})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+    while True:
+        await asyncio.sleep(refresh_s)
+        try:
+            await exchange.refresh_markets()
+        except ExchangeUnavailable as error:
+            log.warning("markets not reloaded; the ones known stay in use", extra={"error": str(error)})
 
 
 @contextlib.asynccontextmanager
@@ -75,7 +82,7 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
                                             daily_loss_limit_usdt=settings.risk_daily_loss_limit_usdt))
         executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
 
-        starting = asyncio.create_task(_start_exchange(exchange, executor.exchange_ready))
+        starting = asyncio.create_task(_start_exchange(exchange, executor.exchange_ready, settings.markets_refresh_s))
 
         async def stop_starting() -> None:
             starting.cancel()

@@ -129,6 +129,7 @@ class BingxExchange:
             # After set_sandbox_mode, which replaces urls['api'] (bingx-ccxt-wire.md §1).
             self._client.urls["api"] = {section: f"{base_url}/openApi" for section in self._client.urls["api"]}
         self.hedged = False
+        self.markets_loaded_at: float | None = None
         # What the venue holds, kept in step with our own changes, so only what differs is set. Asked again after
         # SETTINGS_TTL_S: a trader may change it in BingX's app meanwhile.
         self._leverage: dict[str, tuple[float, dict[str, int]]] = {}  # symbol -> (learned at, side -> leverage)
@@ -141,10 +142,15 @@ class BingxExchange:
             raise map_error(error) from error
 
     async def start(self) -> None:
-        await self._call("load_markets")
+        await self.refresh_markets()
         mode = await self._call("fetch_position_mode")
         self.hedged = bool(mode.get("hedged"))
         log.info("exchange ready", extra={"markets": len(self._client.markets), "hedged": self.hedged})
+
+    async def refresh_markets(self) -> None:
+        """BingX lists and delists contracts and changes their limits: the executor reloads them now and then."""
+        await self._call("load_markets", True)
+        self.markets_loaded_at = time.monotonic()
 
     async def close(self) -> None:
         await self._client.close()

@@ -613,3 +613,18 @@ async def test_a_position_that_differs_from_the_strategys_is_reported(amqp_url, 
         assert (event.claimed_side, event.venue_long, event.venue_short) == ("flat", Decimal("0.01"), Decimal("0"))
         assert await events_of(h, "PositionDriftV1", agreed.signal_id) == []
         assert h.executor.registry.get_sample_value("tvtb_position_drift_total") == 1
+
+
+async def test_the_markets_are_loaded_again_now_and_then_and_a_failed_reload_keeps_them(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, markets_refresh_s=0.2) as (h, _):
+        await asyncio.wait_for(h.executor.exchange_ready.wait(), timeout=10)
+        exchange = h.executor.deps.exchange
+        first = exchange.markets_loaded_at
+        await inject(h, kind="http", status=503, body="down", path="/openApi/swap/v2/quote/contracts", count=2)
+
+        async def reloaded() -> bool:
+            return exchange.markets_loaded_at > first
+
+        await wait_for(reloaded, what="the markets to be loaded again after the failures")
+        await h.set_mode(KillSwitchMode.RUNNING)
+        assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "placed"
