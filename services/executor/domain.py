@@ -46,7 +46,7 @@ def kill_switch_refusal(mode: KillSwitchMode | None, action: Action, reduce_only
         return "the kill-switch state is not known yet"
     if mode is KillSwitchMode.HALTED:
         return "trading is halted"
-    if mode is KillSwitchMode.ENTRIES_OFF and action.opens and not reduce_only:
+    if mode is KillSwitchMode.ENTRIES_OFF and action.opens and (not reduce_only or action is Action.REVERSE):
         return "entries are off: only closing orders go"
     return None
 

@@ -185,8 +185,13 @@ class BingxExchange:
         return Decimal(str(last))
 
     async def balance(self) -> Balance:
-        usdt = (await self._call("fetch_balance")).get("USDT") or {}
-        return Balance(free=Decimal(str(usdt.get("free") or 0)), equity=Decimal(str(usdt.get("total") or 0)))
+        """Free margin as ccxt reads it; equity from BingX's own `equity` (ccxt's `total` leaves out frozen margin)."""
+        balance = await self._call("fetch_balance")
+        usdt = balance.get("USDT") or {}
+        rows = ((balance.get("info") or {}).get("data")) or []
+        row = next((r for r in rows if isinstance(r, dict) and r.get("asset") == "USDT"), {})
+        equity = row.get("equity", usdt.get("total"))
+        return Balance(free=Decimal(str(usdt.get("free") or 0)), equity=Decimal(str(equity or 0)))
 
     async def positions(self, symbol: str) -> list[Position]:
         raw = await self._call("fetch_positions", [symbol])

@@ -54,6 +54,7 @@ from shared.errors import TemporaryError
 from shared.killswitch import KillSwitchView
 from shared.messaging import EVENTS_EXCHANGE, PublishFailed, Publisher
 from shared.observability import LATENCY_BUCKETS
+from shared.runtime import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,22 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
              "$inc": {"attempts": 1}},
         )
     for index, leg in enumerate(legs):
-        if not leg.get("order_id"):
-            await _record_leg(deps, signal, legs, index, await _send(deps, signal, leg))
+        if leg.get("order_id"):
+            continue
+        if index > 0 and legs[index - 1].get("order_id"):
+            # The legs before took time: the kill switch and the signal's age are asked again before each next one.
+            stop = _stop_before_next_leg(deps, signal)
+            if stop is not None:
+                await _finish_placed(deps, signal, legs, stopped=stop)
+                return
+        try:
+            placed = await _send(deps, signal, leg)
+        except OrderRejected as error:
+            if index == 0:
+                raise
+            await _finish_placed(deps, signal, legs, stopped=f"BingX refused the next order: {error.reason}")
+            return
+        await _record_leg(deps, signal, legs, index, placed)
     if signal.market_position is not None and all(leg.get("price") is None for leg in legs):  # a resting limit has not moved it
         await _check_drift(deps, signal)
     await _finish_placed(deps, signal, legs)
@@ -280,7 +295,8 @@ async def _check_drift(deps: ExecutorDeps, signal: SignalReceivedV1) -> None:
     alert, a manual trade or a stop that fired, and the trader must hear of it. Never fails the signal."""
     try:
         held = {p.side: p.contracts for p in await deps.exchange.positions(signal.symbol)}
-    except ExchangeUnavailable as error:
+    except Exception as error:  # the orders are placed: nothing here may turn the signal into a failure
+        raise_if_cancelling()
         log.warning("position not compared with the strategy's: the venue did not answer", extra={"error": str(error)[:200]})
         return
     long, short = held.get("long", Decimal(0)), held.get("short", Decimal(0))
@@ -297,6 +313,17 @@ async def _check_drift(deps: ExecutorDeps, signal: SignalReceivedV1) -> None:
     deps.metrics.drift.inc()
     await deps.db.signals.update_one({"_id": signal.signal_id}, {"$set": {"drift": drift.model_dump(mode="python")}})
     await deps.publisher.publish(drift, exchange=EVENTS_EXCHANGE, message_id=f"{signal.signal_id}:{PositionDriftV1.TYPE}")
+
+
+def _stop_before_next_leg(deps: ExecutorDeps, signal: SignalReceivedV1) -> str | None:
+    mode = deps.breaker.mode(deps.view)
+    refusal = domain.kill_switch_refusal(mode, signal.action, signal.reduce_only)
+    if refusal is not None:
+        return refusal
+    age = domain.age_seconds(signal, utcnow())
+    if age > signal.max_lag_s:
+        return f"older than its max lag ({age:.1f}s > {signal.max_lag_s:.0f}s)"
+    return None
 
 
 def _stored_legs(document: dict, signal: SignalReceivedV1) -> list[dict]:
@@ -382,19 +409,14 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     position_side = domain.position_side(side, exchange.hedged)
     leverage = signal.leverage or await exchange.leverage(signal.symbol, position_side)
     limits = deps.risk
-    risk.check_leverage(limits, leverage)  # before anything is changed at the venue
-    # Set before the order, or the order is not sent: never an entry without the leverage or margin asked for.
-    if signal.margin_mode is not None:
-        await exchange.ensure_margin_mode(signal.symbol, signal.margin_mode)
-    if signal.leverage is not None:
-        await exchange.ensure_leverage(signal.symbol, signal.leverage, position_side)
-    await risk.check_order_rate(limits, deps.db, signal.account, utcnow())
+    risk.check_leverage(limits, leverage)
+    await risk.check_order_rate(limits, deps.db, utcnow())
     reference = limit_price or await exchange.price(signal.symbol)
     free = Decimal(0)
     if signal.percent is not None or limits.daily_loss_limit_usdt:
         balance = await exchange.balance()
         free = balance.free
-        await risk.check_daily_loss(limits, deps.db, signal.account, balance.equity, utcnow())
+        await risk.check_daily_loss(limits, deps.db, balance.equity, utcnow())
     raw = domain.open_amount(signal, price=reference, free_margin=free, leverage=leverage)
     amount = exchange.amount_to_precision(signal.symbol, raw)
     domain.check_minimums(amount, reference, min_amount=market.min_amount, min_cost=market.min_cost, symbol=signal.symbol)
@@ -402,6 +424,12 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
         held = sum((p.contracts for p in await exchange.positions(signal.symbol) if p.side == ("long" if side == "buy" else "short")), Decimal(0))
         risk.check_notional(limits, held=held, amount=amount, price=reference, symbol=signal.symbol)
     stop_loss, take_profit = domain.protection(signal, side, reference)
+    # Every check passed: only now is anything changed at the venue. Set before the order, or the order is not
+    # sent: never an entry without the leverage or margin mode asked for.
+    if signal.margin_mode is not None:
+        await exchange.ensure_margin_mode(signal.symbol, signal.margin_mode)
+    if signal.leverage is not None:
+        await exchange.ensure_leverage(signal.symbol, signal.leverage, position_side)
     return OrderPlan(
         side=side, amount=amount, reduce_only=False, price=limit_price,
         stop_loss=None if stop_loss is None else exchange.price_to_precision(signal.symbol, stop_loss),

@@ -41,12 +41,13 @@ def check_notional(limits: RiskLimits, *, held: Decimal, amount: Decimal, price:
                           f"{limits.max_notional_usdt} USDT (RISK_MAX_NOTIONAL_USDT)")
 
 
-async def check_order_rate(limits: RiskLimits, db: AsyncDatabase, account: str, now: datetime) -> None:
-    """Counted in `orders`, so every executor replica counts the same orders."""
+async def check_order_rate(limits: RiskLimits, db: AsyncDatabase, now: datetime) -> None:
+    """Counted in `orders`, so every executor replica counts the same orders; across every `account` label, which all
+    trade with the one API key."""
     if not limits.max_orders_per_minute:
         return
     recent = await db.orders.count_documents(
-        {"account": account, "reduce_only": False, "placed_at": {"$gt": now - timedelta(minutes=1)}},
+        {"reduce_only": False, "placed_at": {"$gt": now - timedelta(minutes=1)}},
         limit=limits.max_orders_per_minute,
     )
     if recent >= limits.max_orders_per_minute:
@@ -54,14 +55,13 @@ async def check_order_rate(limits: RiskLimits, db: AsyncDatabase, account: str, 
                           "(RISK_MAX_ORDERS_PER_MINUTE)")
 
 
-async def check_daily_loss(limits: RiskLimits, db: AsyncDatabase, account: str, equity: Decimal, now: datetime) -> None:
+async def check_daily_loss(limits: RiskLimits, db: AsyncDatabase, equity: Decimal, now: datetime) -> None:
     """The day (UTC) starts at the equity its first opening order saw; a loss since then at the limit stops entries."""
     if not limits.daily_loss_limit_usdt:
         return
-    day = now.date().isoformat()
-    await db.risk_days.update_one({"_id": f"{account}:{day}"},
-                                  {"$setOnInsert": {"account": account, "day": day, "start_equity": equity, "at": now}}, upsert=True)
-    document = await db.risk_days.find_one({"_id": f"{account}:{day}"})
+    day = now.date().isoformat()  # one equity, one day, whatever `account` label the alert carries
+    await db.risk_days.update_one({"_id": day}, {"$setOnInsert": {"day": day, "start_equity": equity, "at": now}}, upsert=True)
+    document = await db.risk_days.find_one({"_id": day})
     assert document is not None
     loss = document["start_equity"] - equity
     if loss >= limits.daily_loss_limit_usdt:

@@ -210,6 +210,9 @@ def build_signal(
         raise InvalidAlert("'symbol' is missing (e.g. BTCUSDT.P)")
     symbol = normalize_symbol(raw_symbol)
 
+    if action is Action.REVERSE and _bool(payload, "reduce_only"):
+        raise InvalidAlert("a 'reverse' opens the other side: it cannot be reduce_only")
+
     sizes = {name: _decimal(payload, name) for name in SIZE_FIELDS}
     given = [name for name, value in sizes.items() if value is not None]
     if len(given) > 1:

@@ -572,8 +572,9 @@ async def test_risk_limits_refuse_entries_with_the_limit_broken_and_let_closes_t
         assert (await h.ccxt.fetch_leverage(BTC))["longLeverage"] == 5  # nothing was changed at the venue
 
         assert (await outcome(qty=Decimal("0.01")))["status"] == "placed"  # 600 USDT
-        refused = await outcome(qty=Decimal("0.01"))  # would be 1200 USDT
+        refused = await outcome(qty=Decimal("0.01"), leverage=7)  # would be 1200 USDT
         assert refused["status"] == "failed" and "over the limit of 1000 USDT" in refused["reason"], refused
+        assert (await h.ccxt.fetch_leverage(BTC))["longLeverage"] == 5  # a refused entry changes nothing at the venue
         assert (await outcome(qty=Decimal("0.005")))["status"] == "placed"  # 900 USDT
         assert (await outcome(action="short", symbol="ETH/USDT:USDT", qty=Decimal("0.1")))["status"] == "placed"
         refused = await outcome(action="short", symbol="ETH/USDT:USDT", qty=Decimal("0.1"))  # a fourth entry this minute
@@ -628,3 +629,23 @@ async def test_the_markets_are_loaded_again_now_and_then_and_a_failed_reload_kee
         await wait_for(reloaded, what="the markets to be loaded again after the failures")
         await h.set_mode(KillSwitchMode.RUNNING)
         assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "placed"
+
+
+async def test_margin_held_by_a_resting_order_is_not_counted_as_a_loss(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, risk_daily_loss_limit_usdt=Decimal("50")) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        resting = await h.send(order_type="limit", price=Decimal("50000"), qty=Decimal("0.1"))  # holds 1000 USDT
+        assert (await h.settled(resting))["status"] == "placed"
+        entry = await h.settled(await h.send(qty=Decimal("0.01")))
+        assert entry["status"] == "placed", entry
+
+
+async def test_a_reverse_whose_opening_order_is_refused_records_the_close_it_made(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await h.settled(await h.send(qty=Decimal("0.01")))
+        reverse = await h.settled(await h.send(action="reverse", qty=Decimal("10")))  # far beyond the margin
+        assert reverse["status"] == "placed" and len(reverse["order_ids"]) == 1, reverse
+        assert "1 of 2 orders placed; the rest not sent: BingX refused the next order: Insufficient margin" in reverse["reason"]
+        assert await h.position() is None  # closed, and nothing opened
+        assert await mongo_db.orders.count_documents({"signal_id": reverse["_id"]}) == 1

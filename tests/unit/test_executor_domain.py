@@ -28,6 +28,7 @@ def make(**fields) -> SignalReceivedV1:
         (KillSwitchMode.ENTRIES_OFF, Action.CLOSE_SHORT, False, False),
         (KillSwitchMode.ENTRIES_OFF, Action.FLAT, False, False),
         (KillSwitchMode.RUNNING, Action.SHORT, False, False),
+        (KillSwitchMode.ENTRIES_OFF, Action.REVERSE, True, True),  # its second order opens, reduce-only or not
     ],
 )
 def test_the_kill_switch_decides(mode, action, reduce_only, refused):

@@ -51,6 +51,11 @@ def test_the_strategys_claimed_position_is_read_and_checked():
         build_signal({"symbol": "BTCUSDT.P", "action": "buy", "qty": 1, "market_position": "up"}, token_name="main", received_at=NOW)
 
 
+def test_a_reverse_cannot_be_reduce_only():
+    with pytest.raises(InvalidAlert, match="cannot be reduce_only"):
+        build_signal({"symbol": "BTCUSDT.P", "action": "reverse", "reduce_only": True}, token_name="main", received_at=NOW)
+
+
 def test_a_reverse_may_come_without_a_size():
     s = build_signal({"symbol": "BTCUSDT.P", "action": "reverse"}, token_name="main", received_at=NOW)
     assert s.action.value == "reverse" and (s.qty, s.usdt, s.percent) == (None, None, None)
