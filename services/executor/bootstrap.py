@@ -12,12 +12,14 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from services.executor.exchange import BingxExchange, ExchangeUnavailable
-from services.executor.handlers import Breaker, ExecutorDeps, ExecutorMetrics
+from services.executor.handlers import Breaker, ExecutorDeps, ExecutorMetrics, cancel_resting_entries
 from services.executor.risk import RiskLimits
 from services.executor.settings import ExecutorSettings
 from shared import messaging
 from shared.bootstrap import open_infrastructure
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode
 from shared.killswitch import KillSwitchView, stream_reader
+from shared.runtime import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class Executor:
     connection: AbstractRobustConnection
     registry: CollectorRegistry
     exchange_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task] = field(default_factory=set)
 
 
 async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event, refresh_s: float) -> None:
@@ -50,6 +53,32 @@ async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event, refresh
             await exchange.refresh_markets()
         except ExchangeUnavailable as error:
             log.warning("markets not reloaded; the ones known stay in use", extra={"error": str(error)})
+
+
+def _on_mode(executor: Executor, state: KillSwitchChangedV1 | None) -> None:
+    """Entries off or halted: resting limit entries are cancelled at the venue, by every replica (cancelling one
+    already gone is harmless), and again by a replica that starts while trading is stopped."""
+    if state is None or state.mode is KillSwitchMode.RUNNING:
+        return
+    task = asyncio.get_running_loop().create_task(_cancel_resting_entries(executor, state.mode))
+    executor.tasks.add(task)
+    task.add_done_callback(executor.tasks.discard)
+
+
+async def _cancel_resting_entries(executor: Executor, mode: KillSwitchMode) -> None:
+    await executor.exchange_ready.wait()
+    delay = 0.5
+    while True:
+        try:
+            await cancel_resting_entries(executor.deps, mode)
+            return
+        except Exception as error:  # the venue or the database away: keep trying while trading stays stopped
+            raise_if_cancelling()
+            if executor.deps.view.mode is KillSwitchMode.RUNNING:
+                return
+            log.warning("resting entries not cancelled yet", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @contextlib.asynccontextmanager
@@ -81,6 +110,7 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
                                             max_orders_per_minute=settings.risk_max_orders_per_minute,
                                             daily_loss_limit_usdt=settings.risk_daily_loss_limit_usdt))
         executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
+        view.on_change(lambda state: _on_mode(executor, state))
 
         starting = asyncio.create_task(_start_exchange(exchange, executor.exchange_ready, settings.markets_refresh_s))
 
@@ -89,6 +119,13 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
             await asyncio.gather(starting, return_exceptions=True)
 
         stack.push_async_callback(stop_starting)
+
+        async def stop_tasks() -> None:
+            for task in list(executor.tasks):
+                task.cancel()
+            await asyncio.gather(*executor.tasks, return_exceptions=True)
+
+        stack.push_async_callback(stop_tasks)
 
         control_channel = await connection.channel()
         reader = stream_reader(control_channel, view, connection=connection)

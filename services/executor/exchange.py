@@ -274,6 +274,12 @@ class BingxExchange:
     async def cancel_all_orders(self, symbol: str) -> None:
         await self._call("cancel_all_orders", symbol)
 
+    async def open_order_ids(self, symbol: str) -> set[str]:
+        return {str(order["id"]) for order in await self._call("fetch_open_orders", symbol)}
+
+    async def cancel_order(self, order_id: str, symbol: str) -> None:
+        await self._call("cancel_order", order_id, symbol)
+
     @staticmethod
     def _placed(order: dict, symbol: str, side: str, amount: Decimal, client_order_id: str, reduce_only: bool) -> PlacedOrder:
         return PlacedOrder(

@@ -168,6 +168,26 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         deps.breaker.consecutive_failures = 0
 
 
+async def cancel_resting_entries(deps: ExecutorDeps, mode: KillSwitchMode) -> int:
+    """Limit entries still resting at the venue must not fill once entries are off or trading is halted: cancel
+    them. Closing orders and the stop-losses and take-profits that protect positions stay. Returns how many."""
+    resting = await deps.db.orders.find({"type": "limit", "reduce_only": False, "status": {"$in": ["open", None]}}).to_list(None)
+    cancelled = 0
+    for symbol in sorted({order["symbol"] for order in resting}):
+        still_open = await deps.exchange.open_order_ids(symbol)
+        for order in (o for o in resting if o["symbol"] == symbol):
+            if order["order_id"] in still_open:
+                await deps.exchange.cancel_order(order["order_id"], symbol)
+                cancelled += 1
+                status = "canceled"
+            else:
+                status = "closed"  # filled or cancelled at the venue meanwhile
+            await deps.db.orders.update_one({"_id": order["_id"]}, {"$set": {"status": status, "updated_at": utcnow()}})
+    if cancelled:
+        log.warning("resting entries cancelled: the kill switch stopped entries", extra={"mode": mode.value, "count": cancelled})
+    return cancelled
+
+
 async def _trip(deps: ExecutorDeps, mode: KillSwitchMode, severity: str, signal_id: str, reason: str) -> None:
     """Stop trading here at once, and ask the control service to make it the kill switch's state for everyone."""
     breaker = deps.breaker

@@ -649,3 +649,27 @@ async def test_a_reverse_whose_opening_order_is_refused_records_the_close_it_mad
         assert "1 of 2 orders placed; the rest not sent: BingX refused the next order: Insufficient margin" in reverse["reason"]
         assert await h.position() is None  # closed, and nothing opened
         assert await mongo_db.orders.count_documents({"signal_id": reverse["_id"]}) == 1
+
+
+async def test_stopping_entries_cancels_resting_limit_entries_and_keeps_protection(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    from tests.integration.test_bingx_sim import admin
+
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        protected = await h.send(qty=Decimal("0.01"), sl=Decimal("45000"))
+        resting = await h.send(order_type="limit", price=Decimal("50000"), qty=Decimal("0.01"))
+        for s in (protected, resting):
+            assert (await h.settled(s))["status"] == "placed"
+        assert set(await open_orders(h)) == {"STOP_MARKET", "LIMIT"}
+
+        await h.set_mode(KillSwitchMode.ENTRIES_OFF)
+
+        async def only_protection_left() -> bool:
+            return set(await open_orders(h)) == {"STOP_MARKET"}
+
+        await wait_for(only_protection_left, what="the resting entry to be cancelled")
+        [record] = await mongo_db.orders.find({"signal_id": resting.signal_id}).to_list(None)
+        assert record["status"] == "canceled"
+        await admin(h.base_url, "POST", "/_sim/prices", {"BTC-USDT": "49000"})  # where the entry would have filled
+        assert (await h.position())["contracts"] == 0.01
+        assert set(await open_orders(h)) == {"STOP_MARKET"}  # the protection still stands
