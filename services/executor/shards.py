@@ -2,9 +2,10 @@
 
 Every replica writes a heartbeat to `executor_replicas` each second and reads who else is alive. Each shard belongs
 to one live replica, by rendezvous hashing capped at a fair share (so the work is spread, and a replica joining or
-leaving moves few shards), and only its owner consumes it. The shards' single-active-consumer rule covers the moments when two replicas both think
-they own a shard: the one that subscribed first keeps it until it lets go. A replica that dies stops heartbeating;
-within `lease_s` the others take its shards over.
+leaving moves few shards), and only its owner consumes it. The heartbeat lists the shards a replica holds; a new
+owner takes a shard only once no live replica holds it, so a handover never has two replicas working on one
+account+symbol (the single-active-consumer rule covers a moment when two views of the rota differ). A replica that
+dies stops heartbeating; within `lease_s` the others take its shards over.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -77,6 +79,7 @@ class ShardConsumers:
         self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
         self.on_change = on_change
         self.consumers: dict[int, Consumer] = {}
+        self.releasing: set[int] = set()
         self.assigned = asyncio.Event()  # set once this replica has taken part in an assignment
 
     @property
@@ -89,42 +92,91 @@ class ShardConsumers:
         return sorted(self.consumers)
 
     async def run(self, ready: Callable[[], Awaitable[None]]) -> None:
-        """Wait until trading may start (`ready`), then keep the assignment until cancelled."""
+        """Wait until trading may start (`ready`), then keep the assignment until cancelled. The heartbeat beats on
+        its own, so a replica busy finishing a slow order is never taken for dead."""
         await ready()
+        beating = asyncio.create_task(self._beat())
+        try:
+            while True:
+                try:
+                    await self.rebalance()
+                except Exception as error:  # Mongo or the broker away: keep what is consumed now, try again
+                    raise_if_cancelling()
+                    log.warning("shard assignment not refreshed", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+                await asyncio.sleep(self.heartbeat_s)
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+
+    async def _beat(self) -> None:
+        last_ok = time.monotonic()
         while True:
             try:
-                await self.rebalance()
-            except Exception as error:  # Mongo or the broker away: keep what is consumed now, try again
+                await self._heartbeat(utcnow())
+                last_ok = time.monotonic()
+            except Exception as error:
                 raise_if_cancelling()
-                log.warning("shard assignment not refreshed", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+                log.warning("heartbeat not written", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+                if self.consumers and time.monotonic() - last_ok > self.lease_s:
+                    # The others now take this replica for dead and its shards for theirs: let go of them (the
+                    # rota takes them again once the database answers).
+                    log.error("database unreachable for longer than the lease: letting go of every shard")
+                    await asyncio.gather(*(self._release(shard) for shard in sorted(self.consumers)))
             await asyncio.sleep(self.heartbeat_s)
 
     async def rebalance(self) -> None:
         now = utcnow()
-        await self.db.executor_replicas.update_one({"_id": self.replica}, {"$set": {"seen_at": now}}, upsert=True)
-        live = [d["_id"] async for d in self.db.executor_replicas.find(
-            {"seen_at": {"$gte": now - timedelta(seconds=self.lease_s)}}, {"_id": 1})]
-        if self.replica not in live:
-            live.append(self.replica)
+        await self._heartbeat(now)  # also before the first look at the others: the rota must know this replica
+        others = {d["_id"]: d.get("holding", []) async for d in self.db.executor_replicas.find(
+            {"seen_at": {"$gte": now - timedelta(seconds=self.lease_s)}, "_id": {"$ne": self.replica}},
+            {"_id": 1, "holding": 1})}
+        live = [self.replica, *others]
         wanted = owned_by(self.replica, live)
         self.assigned.set()  # in the rota from now on, owning shards or standing by
-        for shard in sorted(set(self.consumers) - wanted):
-            consumer = self.consumers.pop(shard)
-            await consumer.stop()  # the message in hand is finished and acked first
+        released = sorted(set(self.consumers) - wanted)
+        # Together: one slow order in hand must not hold up the shards that are free to go.
+        await asyncio.gather(*(self._release(shard) for shard in released))
+        for shard in released:
             log.info("shard handed over", extra={"shard": shard, "replicas": len(live)})
-        for shard in sorted(wanted - set(self.consumers)):
+        if released:
+            await self._heartbeat(utcnow())  # tells the new owner it may start
+        # A shard is taken only once no live replica holds it any more: the old owner lets go after the message in
+        # its hands is done, so two replicas never work on one account+symbol at once.
+        held_elsewhere = {shard for holding in others.values() for shard in holding}
+        taken = []
+        for shard in sorted(wanted - set(self.consumers) - held_elsewhere):
             consumer = Consumer(channel=await self.connection.channel(), queue_name=EXECUTOR_SHARDS[shard].name,
                                 handler=self.handler, prefetch=1, name=f"executor-{self.replica}")
             await consumer.start()
             self.consumers[shard] = consumer
+            taken.append(shard)
             log.info("shard taken", extra={"shard": shard, "replicas": len(live)})
+        if taken:
+            await self._heartbeat(utcnow())
         if self.on_change is not None:
             self.on_change(set(self.consumers))
+
+    async def _heartbeat(self, now) -> None:
+        holding = sorted(set(self.consumers) | self.releasing)  # a shard being let go is held until it is let go
+        await self.db.executor_replicas.update_one(
+            {"_id": self.replica}, {"$set": {"seen_at": now, "holding": holding}}, upsert=True)
+
+    async def _release(self, shard: int) -> None:
+        self.releasing.add(shard)
+        consumer = self.consumers.pop(shard)
+        try:
+            await consumer.stop()  # the message in hand is finished and acked first
+            try:
+                await consumer.channel.close()
+            except Exception:  # already gone with the connection
+                pass
+        finally:
+            self.releasing.discard(shard)
 
     async def stop(self) -> None:
         """Stop every consumer (messages in hand finish), and leave the rota at once so the others take over."""
         for shard in sorted(self.consumers):
-            await self.consumers.pop(shard).stop()
+            await self._release(shard)
         try:
             await self.db.executor_replicas.delete_one({"_id": self.replica})
         except Exception:  # the lease runs out by itself
