@@ -77,8 +77,12 @@ class QueueSpec:
 # shards: do it only with the executor stopped and every shard empty.
 SIGNAL_SHARDS_EXCHANGE = "tvtb.signals.shards"
 SIGNAL_SHARDS = 4
+# A signal the venue keeps failing is retried until its max lag (at most 600 s) makes it expire, which is recorded:
+# the delivery limit must not dead-letter it first, unrecorded (tests/unit/test_messaging_limits.py checks).
+SIGNAL_DELIVERY_LIMIT = 500
 EXECUTOR_SHARDS = tuple(
-    QueueSpec(f"executor.signals.{n}", SIGNAL_SHARDS_EXCHANGE, ("1",), single_active_consumer=True)  # "1": the weight
+    QueueSpec(f"executor.signals.{n}", SIGNAL_SHARDS_EXCHANGE, ("1",), single_active_consumer=True,  # "1": the weight
+              delivery_limit=SIGNAL_DELIVERY_LIMIT)
     for n in range(SIGNAL_SHARDS)
 )
 NOTIFIER_EVENTS = QueueSpec("notifier.events", EVENTS_EXCHANGE, ("#",))
@@ -172,6 +176,14 @@ class Publisher:
         return message_id
 
 
+RETRY_JITTER = 0.2
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before a message that failed `failures` times in a row goes back to its queue (before jitter)."""
+    return min(5.0, 0.2 * 2 ** min(failures, 5))
+
+
 Handler = Callable[[Message, AbstractIncomingMessage], Awaitable[None]]
 
 
@@ -261,7 +273,7 @@ class Consumer:
                 raise
             except Exception as error:
                 self._failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(self._failures, 5)) * random.uniform(0.8, 1.2)
+                delay = retry_delay(self._failures) * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
                 log.warning(
                     "handling failed; the message goes back to the queue",
                     extra={"queue": self.queue_name, "error": f"{type(error).__name__}: {error}"[:500], "retry_in_s": round(delay, 2)},
