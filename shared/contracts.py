@@ -147,6 +147,25 @@ class OrderPlacedV1(Message):
     take_profit: WireDecimal | None = None
 
 
+class OrderFilledV1(Message):
+    """An order that rested at the venue (a limit order) has filled, or partly filled and ended."""
+
+    TYPE: ClassVar[str] = "OrderFilledV1"
+    ROUTING_KEY: ClassVar[str] = "order.filled.v1"
+
+    signal_id: str
+    account: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    amount: WireDecimal
+    filled: WireDecimal
+    average: WireDecimal | None = None
+    order_id: str
+    client_order_id: str
+    status: str
+    filled_at: datetime
+
+
 class OrderFailedV1(Message):
     TYPE: ClassVar[str] = "OrderFailedV1"
     ROUTING_KEY: ClassVar[str] = "order.failed.v1"
@@ -248,7 +267,7 @@ class KillSwitchTripV1(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1,
+    for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFilledV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1,
                 KillSwitchTripV1, PositionDriftV1)
 }
 

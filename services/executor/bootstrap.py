@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from services.executor.exchange import BingxExchange, ExchangeUnavailable
-from services.executor.handlers import Breaker, ExecutorDeps, ExecutorMetrics, cancel_resting_entries
+from services.executor.handlers import Breaker, ExecutorDeps, ExecutorMetrics, cancel_resting_entries, follow_resting_orders
 from services.executor.risk import RiskLimits
 from services.executor.settings import ExecutorSettings
 from shared import messaging
@@ -81,6 +81,17 @@ async def _cancel_resting_entries(executor: Executor, mode: KillSwitchMode) -> N
             delay = min(delay * 2, 10.0)
 
 
+async def _follow_resting_orders(executor: Executor, every_s: float) -> None:
+    await executor.exchange_ready.wait()
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await follow_resting_orders(executor.deps)
+        except Exception as error:  # the venue or the database away: the next round looks again
+            raise_if_cancelling()
+            log.warning("resting orders not followed up", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+
+
 @contextlib.asynccontextmanager
 async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = None) -> AsyncIterator[Executor]:
     registry = CollectorRegistry()
@@ -119,6 +130,9 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
             await asyncio.gather(starting, return_exceptions=True)
 
         stack.push_async_callback(stop_starting)
+
+        follower = asyncio.create_task(_follow_resting_orders(executor, settings.fill_poll_s))
+        executor.tasks.add(follower)
 
         async def stop_tasks() -> None:
             for task in list(executor.tasks):

@@ -277,6 +277,10 @@ class BingxExchange:
     async def open_order_ids(self, symbol: str) -> set[str]:
         return {str(order["id"]) for order in await self._call("fetch_open_orders", symbol)}
 
+    async def fetch_order(self, order_id: str, symbol: str) -> dict:
+        """ccxt's order: `status` (open, closed, canceled), `filled`, `average`."""
+        return await self._call("fetch_order", order_id, symbol)
+
     async def cancel_order(self, order_id: str, symbol: str) -> None:
         await self._call("cancel_order", order_id, symbol)
 

@@ -41,6 +41,7 @@ from shared.contracts import (
     OrderType,
     PositionDriftV1,
     OrderFailedV1,
+    OrderFilledV1,
     OrderPlacedV1,
     SignalExpiredV1,
     SignalReceivedV1,
@@ -168,22 +169,52 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         deps.breaker.consecutive_failures = 0
 
 
+async def follow_resting_orders(deps: ExecutorDeps) -> int:
+    """Limit orders recorded open: once one is no longer open at the venue, record how it ended and tell a fill.
+
+    Every replica may look; the record changes once (from `open`), and only the replica that changed it tells.
+    Returns how many orders ended.
+    """
+    resting = await deps.db.orders.find({"type": "limit", "status": "open"}).to_list(None)
+    ended = 0
+    for symbol in sorted({order["symbol"] for order in resting}):
+        still_open = await deps.exchange.open_order_ids(symbol)
+        for order in (o for o in resting if o["symbol"] == symbol and o["order_id"] not in still_open):
+            venue = await deps.exchange.fetch_order(order["order_id"], symbol)
+            status = venue.get("status") or "closed"
+            if status == "open":
+                continue
+            filled = Decimal(str(venue.get("filled") or 0))
+            average = Decimal(str(venue["average"])) if venue.get("average") else None
+            now = utcnow()
+            changed = await deps.db.orders.find_one_and_update(
+                {"_id": order["_id"], "status": "open"},
+                {"$set": {"status": status, "filled": filled, "average": average, "ended_at": now}})
+            if changed is None:
+                continue  # another replica recorded it first
+            ended += 1
+            if filled > 0:
+                event = OrderFilledV1(signal_id=order["signal_id"], account=order["account"], symbol=symbol, side=order["side"],
+                                      amount=order["amount"], filled=filled, average=average, order_id=order["order_id"],
+                                      client_order_id=order["client_order_id"], status=status, filled_at=now)
+                deps.metrics.orders.labels("filled").inc()
+                await deps.publisher.publish(event, exchange=EVENTS_EXCHANGE, message_id=f"{order['client_order_id']}:filled")
+    return ended
+
+
 async def cancel_resting_entries(deps: ExecutorDeps, mode: KillSwitchMode) -> int:
     """Limit entries still resting at the venue must not fill once entries are off or trading is halted: cancel
     them. Closing orders and the stop-losses and take-profits that protect positions stay. Returns how many."""
-    resting = await deps.db.orders.find({"type": "limit", "reduce_only": False, "status": {"$in": ["open", None]}}).to_list(None)
+    resting = await deps.db.orders.find({"type": "limit", "reduce_only": False, "status": "open"}).to_list(None)
     cancelled = 0
     for symbol in sorted({order["symbol"] for order in resting}):
         still_open = await deps.exchange.open_order_ids(symbol)
-        for order in (o for o in resting if o["symbol"] == symbol):
-            if order["order_id"] in still_open:
-                await deps.exchange.cancel_order(order["order_id"], symbol)
-                cancelled += 1
-                status = "canceled"
-            else:
-                status = "closed"  # filled or cancelled at the venue meanwhile
-            await deps.db.orders.update_one({"_id": order["_id"]}, {"$set": {"status": status, "updated_at": utcnow()}})
+        for order in (o for o in resting if o["symbol"] == symbol and o["order_id"] in still_open):
+            await deps.exchange.cancel_order(order["order_id"], symbol)
+            cancelled += 1
+        # How each ended (cancelled, or filled just before) is recorded and told by follow_resting_orders.
     if cancelled:
+        await follow_resting_orders(deps)
         log.warning("resting entries cancelled: the kill switch stopped entries", extra={"mode": mode.value, "count": cancelled})
     return cancelled
 

@@ -20,6 +20,7 @@ class ExecutorSettings(ServiceSettings):
     # ccxt's client-side throttle (BingX allows about 5 orders/s per key). Off by default only against the simulator.
     exchange_rate_limit: bool | None = None
     # This many venue failures in a row (unreachable, timing out, busy) turn entries off by themselves.
+    fill_poll_s: float = Field(default=5.0, gt=0)  # how often resting limit orders are looked up for fills
     markets_refresh_s: float = Field(default=3600.0, gt=0)  # how often BingX's contract list is loaded again
     executor_max_consecutive_failures: int = Field(default=5, ge=1, le=1000)
     # Risk limits, checked before every opening order; 0 turns one off.

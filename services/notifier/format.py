@@ -11,6 +11,7 @@ from shared.contracts import (
     PositionDriftV1,
     Message,
     OrderFailedV1,
+    OrderFilledV1,
     OrderPlacedV1,
     SignalExpiredV1,
     SignalSkippedV1,
@@ -44,6 +45,12 @@ def render(event: Message) -> str | None:
             f"✅ <b>{escape(verb)}</b> {_num(event.amount)} {escape(event.symbol)}{price}\n"
             + (f"{protection}\n" if protection else "")
             + f"order {escape(event.order_id)} · {escape(event.status or 'sent')} · signal <code>{_ref(event.signal_id)}</code>"
+        )
+    if isinstance(event, OrderFilledV1):
+        part = "" if event.filled == event.amount else f" of {_num(event.amount)}"
+        return (
+            f"🎯 <b>FILLED</b> {escape(event.side.upper())} {_num(event.filled)}{part} {escape(event.symbol)} @ {_num(event.average)}\n"
+            f"order {escape(event.order_id)} · signal <code>{_ref(event.signal_id)}</code>"
         )
     if isinstance(event, OrderFailedV1):
         return (

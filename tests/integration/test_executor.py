@@ -673,3 +673,18 @@ async def test_stopping_entries_cancels_resting_limit_entries_and_keeps_protecti
         await admin(h.base_url, "POST", "/_sim/prices", {"BTC-USDT": "49000"})  # where the entry would have filled
         assert (await h.position())["contracts"] == 0.01
         assert set(await open_orders(h)) == {"STOP_MARKET"}  # the protection still stands
+
+
+async def test_a_resting_limit_order_that_fills_is_recorded_and_told(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    from tests.integration.test_bingx_sim import admin
+
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, fill_poll_s=0.1) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        resting = await h.send(order_type="limit", price=Decimal("59000"), qty=Decimal("0.01"))
+        assert (await h.settled(resting))["status"] == "placed"
+        await admin(h.base_url, "POST", "/_sim/prices", {"BTC-USDT": "58900"})
+        [filled] = await wait_for(lambda: events_of(h, "OrderFilledV1", resting.signal_id), what="the fill to be told")
+        assert (filled.side, filled.filled, filled.amount, filled.average, filled.status) == (
+            "buy", Decimal("0.01"), Decimal("0.01"), Decimal("59000"), "closed")
+        [record] = await mongo_db.orders.find({"signal_id": resting.signal_id}).to_list(None)
+        assert (record["status"], record["filled"]) == ("closed", Decimal("0.01"))

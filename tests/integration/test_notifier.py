@@ -112,3 +112,13 @@ def test_a_drift_says_what_the_strategy_claims_and_what_bingx_holds():
                             venue_long=Decimal("0.01"), venue_short=Decimal("0"), detected_at=utcnow())
     assert render(drift) == ("⚠️ <b>Position drift</b> BTC/USDT:USDT\nthe strategy says flat; BingX holds long 0.01, short 0\n"
                              "signal <code>sig-3</code>")
+
+
+def test_a_fill_tells_what_filled_and_at_what_price():
+    from services.notifier.format import render
+    from shared.contracts import OrderFilledV1
+
+    fill = OrderFilledV1(signal_id="sig-4", account="default", symbol="BTC/USDT:USDT", side="buy", amount=Decimal("0.02"),
+                         filled=Decimal("0.01"), average=Decimal("59000"), order_id="9", client_order_id="c", status="canceled",
+                         filled_at=utcnow())
+    assert render(fill) == "🎯 <b>FILLED</b> BUY 0.01 of 0.02 BTC/USDT:USDT @ 59000\norder 9 · signal <code>sig-4</code>"
