@@ -119,7 +119,9 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
                             breaker=Breaker(max_consecutive_failures=settings.executor_max_consecutive_failures),
                             risk=RiskLimits(max_leverage=settings.risk_max_leverage, max_notional_usdt=settings.risk_max_notional_usdt,
                                             max_orders_per_minute=settings.risk_max_orders_per_minute,
-                                            daily_loss_limit_usdt=settings.risk_daily_loss_limit_usdt))
+                                            daily_loss_limit_usdt=settings.risk_daily_loss_limit_usdt),
+                            default_leverage=lambda symbol: settings.default_for(settings.symbol_leverage, symbol),
+                            default_margin_mode=lambda symbol: settings.default_for(settings.symbol_margin_mode, symbol))
         executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
         view.on_change(lambda state: _on_mode(executor, state))
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -124,6 +125,9 @@ class ExecutorDeps:
     metrics: ExecutorMetrics
     breaker: Breaker = dataclasses.field(default_factory=Breaker)
     risk: RiskLimits = dataclasses.field(default_factory=RiskLimits)
+    # Per-symbol defaults for what an entry's alert does not say (ExecutorSettings.symbol_leverage, ...).
+    default_leverage: Callable[[str], int | None] = lambda symbol: None
+    default_margin_mode: Callable[[str], str | None] = lambda symbol: None
     replica: str = ""  # which executor replica this is (services/executor/shards.py)
 
 
@@ -458,7 +462,9 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     exchange, market = deps.exchange, deps.exchange.market(signal.symbol)
     assert market is not None  # checked by _plan
     position_side = domain.position_side(side, exchange.hedged)
-    leverage = signal.leverage or await exchange.leverage(signal.symbol, position_side)
+    wanted_leverage = signal.leverage or deps.default_leverage(signal.symbol)
+    wanted_margin_mode = signal.margin_mode or deps.default_margin_mode(signal.symbol)
+    leverage = wanted_leverage or await exchange.leverage(signal.symbol, position_side)
     limits = deps.risk
     risk.check_leverage(limits, leverage)
     await risk.check_order_rate(limits, deps.db, utcnow())
@@ -477,10 +483,10 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     stop_loss, take_profit = domain.protection(signal, side, reference)
     # Every check passed: only now is anything changed at the venue. Set before the order, or the order is not
     # sent: never an entry without the leverage or margin mode asked for.
-    if signal.margin_mode is not None:
-        await exchange.ensure_margin_mode(signal.symbol, signal.margin_mode)
-    if signal.leverage is not None:
-        await exchange.ensure_leverage(signal.symbol, signal.leverage, position_side)
+    if wanted_margin_mode is not None:
+        await exchange.ensure_margin_mode(signal.symbol, wanted_margin_mode)
+    if wanted_leverage is not None:
+        await exchange.ensure_leverage(signal.symbol, wanted_leverage, position_side)
     return OrderPlan(
         side=side, amount=amount, reduce_only=False, price=limit_price,
         stop_loss=None if stop_loss is None else exchange.price_to_precision(signal.symbol, stop_loss),

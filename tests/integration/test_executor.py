@@ -688,3 +688,17 @@ async def test_a_resting_limit_order_that_fills_is_recorded_and_told(amqp_url, m
             "buy", Decimal("0.01"), Decimal("0.01"), Decimal("59000"), "closed")
         [record] = await mongo_db.orders.find({"signal_id": resting.signal_id}).to_list(None)
         assert (record["status"], record["filled"]) == ("closed", Decimal("0.01"))
+
+
+async def test_per_symbol_defaults_apply_when_the_alert_says_nothing(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    defaults = {"symbol_leverage": "BTC-USDT=8,*=3", "symbol_margin_mode": "*=isolated"}
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, **defaults) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "placed"
+        assert (await h.ccxt.fetch_leverage(BTC))["longLeverage"] == 8
+        assert (await h.ccxt.fetch_margin_mode(BTC))["marginMode"] == "isolated"
+        eth = "ETH/USDT:USDT"
+        assert (await h.settled(await h.send(symbol=eth, qty=Decimal("0.1"))))["status"] == "placed"
+        assert (await h.ccxt.fetch_leverage(eth))["longLeverage"] == 3
+        assert (await h.settled(await h.send(symbol=eth, qty=Decimal("0.1"), leverage=12)))["status"] == "placed"
+        assert (await h.ccxt.fetch_leverage(eth))["longLeverage"] == 12  # the alert's own word wins

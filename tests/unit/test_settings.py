@@ -111,3 +111,16 @@ def test_a_library_reason_that_quotes_the_uri_is_not_repeated():
     assert _without("cannot resolve host s3cr3t-db", "mongodb://tvtb:pw0@s3cr3t-db:27017/") == (
         "check the host, the port, the options and that user and password are %-escaped")
     assert _without("Port must be an integer", "mongodb://tvtb:pw0@db:99999/") == "Port must be an integer"
+
+
+def test_per_symbol_defaults_are_read_and_checked():
+    settings = ExecutorSettings(amqp_url=BASE["AMQP_URL"], mongo_uri=BASE["MONGO_URI"], bingx_api_key="k", bingx_api_secret="s",
+                                symbol_leverage="btc-usdt=10, *=3", symbol_margin_mode="*=Isolated,ETH-USDT=cross")
+    assert settings.default_for(settings.symbol_leverage, "BTC/USDT:USDT") == 10
+    assert settings.default_for(settings.symbol_leverage, "SOL/USDT:USDT") == 3
+    assert settings.default_for(settings.symbol_margin_mode, "ETH/USDT:USDT") == "cross"
+    assert settings.default_for(settings.symbol_margin_mode, "BTC/USDT:USDT") == "isolated"
+    for bad in ({"symbol_leverage": "BTC-USDT=ten"}, {"symbol_leverage": "BTC-USDT=500"}, {"symbol_leverage": "BTC-USDT"},
+                {"symbol_margin_mode": "*=portfolio"}):
+        with pytest.raises(ValueError):
+            ExecutorSettings(amqp_url=BASE["AMQP_URL"], mongo_uri=BASE["MONGO_URI"], bingx_api_key="k", bingx_api_secret="s", **bad)
