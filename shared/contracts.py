@@ -61,6 +61,10 @@ class Message(BaseModel):
     def correlation_id(self) -> str | None:
         return getattr(self, "signal_id", None)
 
+    def shard_key(self) -> str | None:
+        """What the executor's shards are chosen by (the `x-shard-key` header), for messages that have one."""
+        return None
+
 
 class SignalReceivedV1(Message):
     """An accepted alert, normalised whatever format it came in."""
@@ -101,6 +105,11 @@ class SignalReceivedV1(Message):
         # `<account>.<symbol>`; dots and slashes would split the topic, so the exchange id form is used.
         return f"{self.account}.{self.symbol.split(':')[0].replace('/', '-')}"
 
+    def shard_key(self) -> str:
+        # The BingX symbol alone: every `account` label trades with the one API key, so two labels on one symbol
+        # must run one after the other too.
+        return self.symbol.split(":")[0].replace("/", "-")
+
 
 class SignalBatchV1(Message):
     """Signals one ingress accepted together, in the order it accepted them, under one publish and one confirm.
@@ -117,6 +126,9 @@ class SignalBatchV1(Message):
 
     def routing_key(self) -> str:
         return self.signals[0].routing_key()
+
+    def shard_key(self) -> str:
+        return self.signals[0].shard_key()
 
     def correlation_id(self) -> str | None:
         return None

@@ -71,11 +71,13 @@ class QueueSpec:
         return arguments
 
 
-# Signals are sharded by their routing key (`<account>.<symbol>`) over a consistent-hash exchange into a few queues,
-# each with a single active consumer and prefetch 1: one account+symbol always lands in the same shard, and so runs
-# in the order accepted, while the executor replicas share the shards. Changing the count moves symbols between
+# Signals are sharded by their BingX symbol (the `x-shard-key` header; every `account` label trades with the one API
+# key) over a consistent-hash exchange into a few queues, each with a single active consumer and prefetch 1: one
+# symbol always lands in the same shard, and so runs in the order accepted, while the executor replicas share the
+# shards. Changing the count moves symbols between
 # shards: do it only with the executor stopped and every shard empty.
 SIGNAL_SHARDS_EXCHANGE = "tvtb.signals.shards"
+SHARD_KEY_HEADER = "x-shard-key"
 SIGNAL_SHARDS = 4
 # A signal the venue keeps failing is retried until its max lag (at most 600 s) makes it expire, which is recorded:
 # the delivery limit must not dead-letter it first, unrecorded (tests/unit/test_messaging_limits.py checks).
@@ -99,7 +101,8 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
 
 async def declare_topology(channel: AbstractChannel) -> None:
     signals = await channel.declare_exchange(SIGNALS_EXCHANGE, ExchangeType.TOPIC, durable=True)
-    shards = await channel.declare_exchange(SIGNAL_SHARDS_EXCHANGE, "x-consistent-hash", durable=True)
+    shards = await channel.declare_exchange(SIGNAL_SHARDS_EXCHANGE, "x-consistent-hash", durable=True,
+                                            arguments={"hash-header": SHARD_KEY_HEADER})
     await shards.bind(signals, routing_key="#")
     await channel.declare_exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC, durable=True)
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.DIRECT, durable=True)
@@ -154,7 +157,7 @@ class Publisher:
                 correlation_id=message.correlation_id(),
                 timestamp=datetime.now(timezone.utc),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=inject_trace({}),
+                headers=_headers(message),
             )
             try:
                 target = self._exchanges.get(exchange)
@@ -177,6 +180,14 @@ class Publisher:
 
 
 RETRY_JITTER = 0.2
+
+
+def _headers(message: Message) -> dict:
+    headers = inject_trace({})
+    shard_key = message.shard_key()
+    if shard_key is not None:
+        headers[SHARD_KEY_HEADER] = shard_key
+    return headers
 
 
 def retry_delay(failures: int) -> float:

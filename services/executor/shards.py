@@ -112,7 +112,8 @@ class ShardConsumers:
         last_ok = time.monotonic()
         while True:
             try:
-                await self._heartbeat(utcnow())
+                # Bounded: a database that stops answering must not hang the beat, or the fencing below.
+                await asyncio.wait_for(self._heartbeat(utcnow()), self.lease_s / 2)
                 last_ok = time.monotonic()
             except Exception as error:
                 raise_if_cancelling()

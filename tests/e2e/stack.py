@@ -55,7 +55,9 @@ class Stack:
             "BINGX_API_KEY": BINGX_KEY,
             "BINGX_API_SECRET": BINGX_SECRET,
             "BINGX_BASE_URL": self.url("bingx_sim"),
-            "BINGX_SIM_PRICES": "BTC-USDT=60000,ETH-USDT=3000,SOL-USDT=150",
+            # Besides the three of the README, a few more symbols to spread over the executor's shards.
+            "BINGX_SIM_PRICES": "BTC-USDT=60000,ETH-USDT=3000,SOL-USDT=150,LTC-USDT=100,BNB-USDT=600,AVAX-USDT=30,"
+                                "LINK-USDT=15,DOT-USDT=7",
             "BIND_HOST": "127.0.0.1",
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
