@@ -50,6 +50,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "outbox": [IndexModel([("seq", ASCENDING)])],
     # Executor replicas' heartbeats (services/executor/shards.py); a replica gone for a minute is forgotten.
     "executor_replicas": [IndexModel([("seen_at", ASCENDING)], expireAfterSeconds=60)],
+    # Kill-switch trips by the executor (services/executor/handlers.py), kept until someone answers them.
+    "executor_trips": [IndexModel([("sent", ASCENDING)]), IndexModel([("tripped_at", DESCENDING)])],
 }
 
 

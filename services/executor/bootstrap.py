@@ -12,7 +12,15 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from services.executor.exchange import BingxExchange, ExchangeUnavailable
-from services.executor.handlers import Breaker, ExecutorDeps, ExecutorMetrics, cancel_resting_entries, follow_resting_orders
+from services.executor.handlers import (
+    Breaker,
+    ExecutorDeps,
+    ExecutorMetrics,
+    cancel_resting_entries,
+    follow_resting_orders,
+    resume_trips,
+    send_pending_trips,
+)
 from services.executor.risk import RiskLimits
 from services.executor.settings import ExecutorSettings
 from shared import messaging
@@ -81,6 +89,16 @@ async def _cancel_resting_entries(executor: Executor, mode: KillSwitchMode) -> N
             delay = min(delay * 2, 10.0)
 
 
+async def _send_pending_trips(executor: Executor, every_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await send_pending_trips(executor.deps)
+        except Exception as error:  # the database away: the next round tries again
+            raise_if_cancelling()
+            log.warning("pending trips not sent", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+
+
 async def _follow_resting_orders(executor: Executor, every_s: float) -> None:
     await executor.exchange_ready.wait()
     while True:
@@ -96,7 +114,7 @@ async def _follow_resting_orders(executor: Executor, every_s: float) -> None:
 async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = None) -> AsyncIterator[Executor]:
     registry = CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
-        infra = await open_infrastructure(stack, settings, "executor", ("signals", "orders", "signal_conflicts", "executor_replicas"))
+        infra = await open_infrastructure(stack, settings, "executor", ("signals", "orders", "signal_conflicts", "executor_replicas", "executor_trips"))
         db, connection = infra.db, infra.connection
         publisher = await messaging.Publisher.open(connection)
 
@@ -135,6 +153,8 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
 
         follower = asyncio.create_task(_follow_resting_orders(executor, settings.fill_poll_s))
         executor.tasks.add(follower)
+        await resume_trips(deps)  # before any signal: a trip nobody answered still holds after a restart
+        executor.tasks.add(asyncio.create_task(_send_pending_trips(executor)))
 
         async def stop_tasks() -> None:
             for task in list(executor.tasks):

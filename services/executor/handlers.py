@@ -49,6 +49,7 @@ from shared.contracts import (
     SignalSkippedV1,
     decode,
     encode,
+    KILL_SWITCH_STRICTNESS,
     stricter,
     utcnow,
 )
@@ -96,24 +97,34 @@ class ExecutorMetrics:
 
 @dataclass
 class Breaker:
-    """The executor's own brake. It holds from the moment the executor asks for the kill switch (a revoked key,
-    the venue failing again and again), before the control service has answered or even when it is away, until
-    a kill-switch version newer than the one then in force is learned: someone has decided since."""
+    """The executor's own brake. A trip (a revoked key, the venue failing again and again, the day's loss) holds
+    from the moment the executor asks for the kill switch, before the control service has answered or even when it
+    is away, until a kill-switch version newer than the one in force at the trip is learned: someone decided since."""
 
     max_consecutive_failures: int = 5
     consecutive_failures: int = 0
-    tripped: KillSwitchTripV1 | None = None
-    tripped_under_version: int = 0
+    trips: list[tuple[KillSwitchTripV1, int]] = dataclasses.field(default_factory=list)  # (trip, version then)
+
+    def hold(self, trip: KillSwitchTripV1, under_version: int) -> None:
+        if all(held.trip_id != trip.trip_id for held, _ in self.trips):
+            self.trips.append((trip, under_version))
+
+    @property
+    def tripped(self) -> KillSwitchTripV1 | None:
+        """The strictest trip still held."""
+        held = [trip for trip, _ in self.trips]
+        return max(held, key=lambda t: KILL_SWITCH_STRICTNESS[t.mode]) if held else None
 
     def mode(self, view: KillSwitchView) -> KillSwitchMode | None:
-        """The mode to obey: the kill switch's, made stricter by a trip nobody has answered yet."""
+        """The mode to obey: the kill switch's, made stricter by the trips nobody has answered yet."""
         mode = view.mode
-        if mode is None or self.tripped is None:
-            return mode
-        if view.state is not None and view.state.version > self.tripped_under_version:
-            self.tripped = None  # a newer decision was made after the trip: it rules
-            return mode
-        return stricter(mode, self.tripped.mode)
+        if mode is None:
+            return None
+        if view.state is not None:
+            self.trips = [(trip, version) for trip, version in self.trips if version >= view.state.version]
+        for trip, _ in self.trips:
+            mode = stricter(mode, trip.mode)
+        return mode
 
 
 @dataclass
@@ -224,19 +235,51 @@ async def cancel_resting_entries(deps: ExecutorDeps, mode: KillSwitchMode) -> in
 
 
 async def _trip(deps: ExecutorDeps, mode: KillSwitchMode, severity: str, signal_id: str, reason: str) -> None:
-    """Stop trading here at once, and ask the control service to make it the kill switch's state for everyone."""
+    """Stop trading here at once, and ask the control service to make it the kill switch's state for everyone.
+
+    The trip is written to `executor_trips` first: a restarted replica takes it up again until someone changes the
+    kill switch after it, and `send_pending_trips` keeps sending it while the broker does not take it.
+    """
     breaker = deps.breaker
     trip = KillSwitchTripV1(trip_id=f"executor:{signal_id}:{mode.value}:{uuid.uuid4().hex[:12]}", mode=mode, reason=reason, actor="executor",
                             severity=severity, signal_id=signal_id, tripped_at=utcnow())  # type: ignore[arg-type]
-    if breaker.tripped is None or stricter(breaker.tripped.mode, mode) is mode:
-        breaker.tripped = trip
-        breaker.tripped_under_version = deps.view.state.version if deps.view.state is not None else 0
+    under_version = deps.view.state.version if deps.view.state is not None else 0
+    breaker.hold(trip, under_version)
     deps.metrics.alerts.labels(severity, "kill_switch_tripped").inc()
     log.error("kill switch tripped by the executor", extra={"mode": mode.value, "severity": severity, "reason": reason})
     try:
+        await deps.db.executor_trips.insert_one({"_id": trip.trip_id, "trip": encode(trip).decode(), "under_version": under_version,
+                                                 "tripped_at": trip.tripped_at, "sent": False})
+    except Exception:  # this replica is stopped all the same; the log, the metric and the publish below still go
+        raise_if_cancelling()
+        log.error("the kill-switch trip could not be stored", exc_info=True)
+    await _send_trip(deps, trip)
+
+
+async def _send_trip(deps: ExecutorDeps, trip: KillSwitchTripV1) -> bool:
+    try:
         await deps.publisher.publish(trip, exchange=EVENTS_EXCHANGE, message_id=trip.trip_id)
-    except PublishFailed:  # this executor stays stopped all the same (its breaker holds); the log and metric say why
-        log.error("the kill-switch trip could not be sent to the control service", exc_info=True)
+    except PublishFailed:
+        log.error("the kill-switch trip could not be sent to the control service yet", exc_info=True)
+        return False
+    await deps.db.executor_trips.update_one({"_id": trip.trip_id}, {"$set": {"sent": True}})
+    return True
+
+
+async def send_pending_trips(deps: ExecutorDeps) -> int:
+    """Trips the broker did not take when they happened, sent again (the control service applies each once)."""
+    sent = 0
+    async for document in deps.db.executor_trips.find({"sent": False}).sort("tripped_at", 1):
+        if await _send_trip(deps, decode(KillSwitchTripV1.TYPE, document["trip"].encode())):  # type: ignore[arg-type]
+            sent += 1
+    return sent
+
+
+async def resume_trips(deps: ExecutorDeps) -> None:
+    """At start: the trips nobody has answered yet hold this replica too (the breaker lets go of each once a newer
+    kill-switch version is learned)."""
+    async for document in deps.db.executor_trips.find({}).sort("tripped_at", -1).limit(20):
+        deps.breaker.hold(decode(KillSwitchTripV1.TYPE, document["trip"].encode()), document["under_version"])  # type: ignore[arg-type]
 
 
 async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps) -> None:

@@ -702,3 +702,18 @@ async def test_per_symbol_defaults_apply_when_the_alert_says_nothing(amqp_url, m
         assert (await h.ccxt.fetch_leverage(eth))["longLeverage"] == 3
         assert (await h.settled(await h.send(symbol=eth, qty=Decimal("0.1"), leverage=12)))["status"] == "placed"
         assert (await h.ccxt.fetch_leverage(eth))["longLeverage"] == 12  # the alert's own word wins
+
+
+async def test_a_trip_nobody_answered_still_holds_after_the_executor_restarts(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, start_executor=False) as (h, settings):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        async with build(settings) as executor, consuming(executor):
+            await inject(h, kind="error", code=100413, msg="Incorrect apiKey", path="/openApi/swap/v2/trade/order", method="POST", count=1)
+            assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "failed"
+            assert await mongo_db.executor_trips.count_documents({"sent": True}) == 1
+        async with build(settings) as executor, consuming(executor):  # restarted; the kill switch still says running
+            held = await h.settled(await h.send(qty=Decimal("0.01")))
+            assert held["status"] == "skipped" and "tripped by the executor" in held["reason"], held
+            await h.set_mode(KillSwitchMode.RUNNING)  # someone looked and decided after the trip
+            assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "placed"
+        assert await h.position() is not None
