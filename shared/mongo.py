@@ -37,6 +37,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("client_order_id", ASCENDING)], unique=True),
         IndexModel([("signal_id", ASCENDING)]),
         IndexModel([("placed_at", DESCENDING)]),
+        # The executor looks for resting limit orders every few seconds: an index, not a scan of every order ever.
+        IndexModel([("status", ASCENDING), ("type", ASCENDING)]),
     ],
     "notifications": [
         IndexModel([("event_id", ASCENDING), ("chat_id", ASCENDING)], unique=True),

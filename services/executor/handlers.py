@@ -631,7 +631,8 @@ async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error
 
 
 async def _record_leg(deps: ExecutorDeps, signal: SignalReceivedV1, legs: list[dict], index: int, placed: PlacedOrder) -> None:
-    """The order of one leg in `orders` and in the signal's legs; an earlier leg of several is told at once."""
+    """The order of one leg in `orders` (the signal's document gets every leg when it finishes); an earlier leg of
+    several is told at once."""
     leg = legs[index]
     now = utcnow()
     try:  # once per client order id (unique): a redelivery finds it recorded
