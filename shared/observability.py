@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -139,14 +140,26 @@ async def tracing_middleware(request: web.Request, handler):
     context = propagate.extract(dict(request.headers)) if "traceparent" in request.headers else None
     resource = request.match_info.route.resource
     # The route's pattern, never the raw path: a path may carry a token.
-    with _http_tracer.start_as_current_span(
+    # start_span and attach by hand: start_as_current_span's two generator context managers cost more than the span
+    # itself, on every alert. An exception is recorded on the span as start_as_current_span would.
+    span = _http_tracer.start_span(
         f"{request.method} {resource.canonical if resource is not None else 'unmatched'}",
         context=context,
         kind=trace.SpanKind.SERVER,
-    ) as span:
+    )
+    token = otel_context.attach(trace.set_span_in_context(span, context))
+    try:
         response = await handler(request)
         span.set_attribute("http.response.status_code", response.status)
         return response
+    except BaseException as error:
+        if isinstance(error, Exception):
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
 
 
 @dataclass

@@ -97,8 +97,11 @@ async def webhook(request: web.Request) -> web.Response:
     if not ingress.ip_limiter.allow(exchange.peer or "unknown"):
         return exchange.refuse(429, "rate_limited", "too many requests from this address")
     try:
-        async with asyncio.timeout(settings.body_timeout_s):
+        if request.content.is_eof():  # the whole body came with the headers, as an alert's does: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(settings.body_timeout_s):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return exchange.refuse(413, "too_large", f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
     except asyncio.TimeoutError:

@@ -65,6 +65,25 @@ async def test_an_alert_is_accepted_once_the_broker_has_it(amqp_url, mongo_uri, 
     assert str(signal.qty) == "0.01" and signal.action.value == "buy"
 
 
+async def test_a_caller_s_trace_is_continued_into_the_published_signal(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    # A sampled W3C traceparent, as a proxy in front of the ingress would send: the signal must carry that trace on.
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers_seen: list[str] = []
+    async with ingress_client(amqp_url, mongo_uri, mongo_db_name) as client:
+        response = await client.post(
+            "/webhook/tradingview",
+            data=orjson.dumps({"token": SECRET, "id": "traced-1", "symbol": "BTCUSDT", "action": "buy", "qty": "0.01"}),
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        )
+        assert response.status == 200
+
+    def keep(message, decoded) -> None:
+        headers_seen.append(message.headers["traceparent"] if not isinstance(decoded, SignalBatchV1) else decoded.traces[0]["traceparent"])
+
+    [signal] = await drain_signals(amqp_url, check=keep)
+    assert signal.signal_id == "traced-1" and headers_seen[0].split("-")[1] == trace_id
+
+
 async def test_the_rotated_token_works_and_the_signal_id_defaults_to_a_hash_of_the_body(amqp_url, mongo_uri, mongo_db_name, mongo_db):
     raw = orjson.dumps({"token": OTHER_SECRET, "symbol": "ETH-USDT", "action": "sell", "qty": 1})
     async with ingress_client(amqp_url, mongo_uri, mongo_db_name) as client:

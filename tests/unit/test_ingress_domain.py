@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ingress.domain import InvalidAlert, build_signal, fingerprint, match_token, normalize_symbol, signal_id_for
+from shared.contracts import SignalReceivedV1, decode, encode
 from shared.settings import parse_webhook_tokens
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
@@ -131,6 +132,37 @@ def test_any_payload_becomes_a_signal_or_a_clear_refusal(payload):
         assert str(error)
     else:
         assert result.symbol.endswith("/USDT:USDT")
+
+
+def _as_validated(built: SignalReceivedV1) -> None:
+    """build_signal skips pydantic's checks (model_construct): what it builds must be what validation would give."""
+    validated = SignalReceivedV1.model_validate(dict(built.__dict__))
+    assert {k: (type(v), v) for k, v in built.__dict__.items()} == {k: (type(v), v) for k, v in validated.__dict__.items()}
+    assert decode(built.TYPE, encode(built)) == validated
+
+
+_numbers = st.one_of(st.integers(-5, 10**6), st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str),
+                     st.floats(0.0001, 1e6), st.just(""))
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.fixed_dictionaries(
+    {"symbol": st.sampled_from(["BTCUSDT", "ETHUSDT.P", "BINANCE:SOLUSDT.P", "BTC-USDT", "BTC/USDT:USDT"]),
+     "action": st.sampled_from(["buy", "SELL", "long", "short", "close_long", "close_short", "close", "flat", "reverse", "exit"])},
+    optional={"qty": _numbers, "usdt": _numbers, "percent": _numbers, "price": _numbers, "tp": _numbers, "sl": _numbers,
+              "tp_pct": _numbers, "sl_pct": _numbers, "max_lag": _numbers, "leverage": st.integers(-1, 200),
+              "order_type": st.sampled_from(["market", "LIMIT"]), "margin_mode": st.sampled_from(["isolated", "Cross"]),
+              "timestamp": st.one_of(st.integers(1_600_000_000, 1_900_000_000), st.just("2026-12-03T11:59:58Z")),
+              "reduce_only": st.booleans(), "strategy": st.text(max_size=10), "account": st.sampled_from(["default", "a-1"]),
+              "id": st.from_regex(r"[a-z0-9.:_-]{1,20}", fullmatch=True),
+              "market_position": st.sampled_from(["long", "Flat", "short"]), "market_position_size": _numbers},
+))
+def test_a_built_signal_is_exactly_what_validation_would_give(payload):
+    try:
+        built = signal(**payload)
+    except InvalidAlert:
+        return
+    _as_validated(built)
 
 
 def test_a_hostile_placeholder_is_refused_quickly_and_not_echoed_whole():
