@@ -115,6 +115,76 @@ async def declare_topology(channel: AbstractChannel) -> None:
     await channel.declare_queue(CONTROL_STREAM, durable=True, arguments=CONTROL_STREAM_ARGUMENTS)
 
 
+# Before signals were sharded, one queue held them all, bound to tvtb.signals with `#`. A broker upgraded from then
+# still has it: its binding would copy every new signal into a queue nobody reads, and what it held when the old
+# executor stopped would never run. The executor retires it at start (retire_legacy_signals_queue).
+LEGACY_SIGNALS_QUEUE = "executor.signals"
+LEGACY_IDLE_S = 1.0
+
+
+async def retire_legacy_signals_queue(connection: AbstractRobustConnection, publisher: "Publisher",
+                                      idle_s: float = LEGACY_IDLE_S) -> int | None:
+    """Cut the legacy queue's binding, move what it holds into the shards in its order, then delete it.
+
+    Returns how many messages moved, or None when there is no legacy queue. A message is acked only once the shards
+    have it (confirmed): a crash midway moves the rest at the next start, and a signal moved twice, or present in
+    both (copied there while both were bound), is one signal_id, which the executor runs once. An unreadable message
+    is dead-lettered to the legacy `.dlq` for an operator. Signals that waited too long expire at the executor and
+    are parked for replay, like any stale signal; none is lost.
+    """
+    channel = await connection.channel()
+    try:
+        try:
+            queue = await channel.declare_queue(LEGACY_SIGNALS_QUEUE, passive=True)
+        except aio_pika.exceptions.ChannelClosed:  # 404: nothing to retire (a fresh install, or already done)
+            return None
+        await queue.unbind(SIGNALS_EXCHANGE, routing_key="#")
+        waiting = queue.declaration_result.message_count
+        log.warning("retiring the legacy signals queue: moving what it holds into the shards",
+                    extra={"queue": LEGACY_SIGNALS_QUEUE, "messages": waiting})
+        await channel.set_qos(prefetch_count=32)
+        moved = 0
+        async with queue.iterator() as messages:
+            while True:
+                try:
+                    incoming = await asyncio.wait_for(messages.__anext__(), idle_s)
+                except (asyncio.TimeoutError, StopAsyncIteration):
+                    break
+                try:
+                    message = decode(incoming.type, incoming.body)
+                except (UnknownMessageType, ValidationError):
+                    log.error("unreadable message in the legacy signals queue: dead-lettered for an operator",
+                              extra={"message_id": incoming.message_id, "type": incoming.type})
+                    await incoming.reject(requeue=False)
+                    continue
+                await publisher.publish(message, exchange=SIGNALS_EXCHANGE, message_id=incoming.message_id)
+                await incoming.ack()
+                moved += 1
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    await _delete_if_empty(connection, LEGACY_SIGNALS_QUEUE, moved)
+    return moved
+
+
+async def _delete_if_empty(connection: AbstractRobustConnection, name: str, moved: int) -> None:
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        left = queue.declaration_result.message_count
+        if left or queue.declaration_result.consumer_count:
+            # Another replica is moving them (the queue has a single active consumer): it deletes the queue.
+            log.warning("legacy signals queue not deleted yet", extra={"queue": name, "left": left, "moved": moved})
+            return
+        await queue.delete(if_unused=False, if_empty=False)
+        log.warning("legacy signals queue retired", extra={"queue": name, "moved": moved})
+    except aio_pika.exceptions.ChannelClosed as error:
+        log.warning("legacy signals queue not deleted", extra={"queue": name, "error": str(error)[:200]})
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
 class PublishFailed(TemporaryError):
     """The broker did not confirm the message (nack, unroutable, timeout or no connection)."""
 
