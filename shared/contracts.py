@@ -100,6 +100,8 @@ class SignalReceivedV1(Message):
     # The strategy's own position after this order ({{strategy.market_position}} and _size), when the alert says it.
     market_position: Literal["long", "short", "flat"] | None = None
     market_position_size: WireDecimal | None = None
+    # An operator's replay of an expired signal (POST /bot/signals/{id}/replay): the id of the one replayed.
+    replay_of: str | None = None
 
     def routing_key(self) -> str:
         # `<account>.<symbol>`; dots and slashes would split the topic, so the exchange id form is used.

@@ -119,6 +119,40 @@ async def get_history(request: web.Request) -> web.Response:
     return _json({"history": [state_body(s) for s in states]})
 
 
+class ReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = ""
+
+
+async def get_parked(request: web.Request) -> web.Response:
+    control = request.app[CONTROL_KEY]
+    parked = await handlers.parked_signals(control.deps)
+    return _json({"parked": [{"signal_id": d.pop("_id"), **d} for d in parked]})
+
+
+async def post_replay(request: web.Request) -> web.Response:
+    """POST /bot/signals/{signal_id}/replay: run an expired (parked) signal now, once."""
+    control = request.app[CONTROL_KEY]
+    metrics: ControlMetrics = request.app[METRICS_KEY]
+    signal_id = request.match_info["signal_id"]
+    raw = await request.read()
+    try:
+        change = ReplayRequest.model_validate_json(raw) if raw.strip() else ReplayRequest()
+    except ValidationError as error:
+        first = error.errors(include_input=False)[0]
+        return _error(400, f"invalid replay request: {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")
+    try:
+        replay = await handlers.replay_signal(control.deps, signal_id, actor="api", reason=change.reason or "replayed through the API")
+    except handlers.ReplayRefused as error:
+        metrics.requests.labels("/bot/signals/replay", "refused").inc()
+        return _error(error.status, str(error))
+    except PublishFailed as error:
+        metrics.requests.labels("/bot/signals/replay", "not_sent").inc()
+        return _error(503, f"the replay was not sent ({error}); try again: it is sent at most once")
+    metrics.requests.labels("/bot/signals/replay", "sent").inc()
+    return _json({"status": "replayed", "signal_id": replay.signal_id, "replay_of": signal_id}, 202)
+
+
 async def _keep_distributed(control: Control, metrics: ControlMetrics, interval_s: float = 1.0) -> None:
     """A change saved while the broker was unreachable must still reach every service: retry until it does."""
     while True:
@@ -141,6 +175,8 @@ def create_app(control: Control, registry: CollectorRegistry | None = None) -> w
     app.router.add_get("/bot/settings", get_settings)
     app.router.add_put("/bot/settings", put_settings)
     app.router.add_get("/bot/settings/history", get_history)
+    app.router.add_get("/bot/signals/parked", get_parked)
+    app.router.add_post("/bot/signals/{signal_id}/replay", post_replay)
 
     async def readiness() -> Readiness:
         state = await handlers.current_state(control.deps) if await mongo.ping(control.deps.db) else None

@@ -6,13 +6,13 @@ import logging
 import asyncio
 from dataclasses import dataclass, field
 
-from pymongo import DESCENDING
+from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, stricter, utcnow
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, SignalReceivedV1, stricter, utcnow
 from shared.killswitch import KillSwitchView
-from shared.messaging import CONTROL_STREAM, EVENTS_EXCHANGE, Publisher, PublishFailed
+from shared.messaging import CONTROL_STREAM, EVENTS_EXCHANGE, SIGNALS_EXCHANGE, Publisher, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +145,68 @@ async def bootstrap_state(deps: ControlDeps, initial: KillSwitchMode) -> KillSwi
             assert state is not None
     await distribute(deps, state)
     return state
+
+
+# As the executor records them (services/executor/handlers.py).
+EXPIRED = "expired"
+REPLAY_SUFFIX = ".replay"
+
+
+class ReplayRefused(Exception):
+    """The signal cannot be replayed; `status` is the HTTP answer (404 unknown, 409 not expired or already replayed)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def replay_id(signal_id: str) -> str:
+    return f"{signal_id}{REPLAY_SUFFIX}"
+
+
+async def parked_signals(deps: ControlDeps, limit: int = 100) -> list[dict]:
+    """Expired signals nobody replayed yet, newest first: what an operator may replay."""
+    cursor = deps.db.signals.find(
+        {"status": EXPIRED, "replayed_as": {"$exists": False}},
+        {"_id": 1, "account": 1, "symbol": 1, "action": 1, "strategy": 1, "received_at": 1, "updated_at": 1, "reason": 1},
+        sort=[("received_at", DESCENDING)], limit=limit,
+    )
+    return [document async for document in cursor]
+
+
+async def replay_signal(deps: ControlDeps, signal_id: str, *, actor: str, reason: str) -> SignalReceivedV1:
+    """Send an expired signal again, as a new signal `<id>.replay` that ages from now, to run like any other.
+
+    Once per expired signal: the replay's id is fixed, so a second replay (or one retried after a lost answer) is the
+    same signal_id, which the executor runs at most once. The kill switch, the risk limits and the replay's own max lag
+    apply as to any signal. Only an expired signal is replayed: a skipped one was refused by the kill switch, and
+    DESIGN.md's rule 4 says it never runs later.
+    """
+    new_id = replay_id(signal_id)
+    now = utcnow()
+    document = await deps.db.signals.find_one_and_update(
+        {"_id": signal_id, "status": EXPIRED, "replayed_as": {"$exists": False}},
+        {"$set": {"replayed_as": new_id, "replayed_by": actor, "replayed_at": now, "replay_reason": reason}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if document is None:
+        existing = await deps.db.signals.find_one({"_id": signal_id}, {"status": 1, "replayed_as": 1})
+        if existing is None:
+            raise ReplayRefused(404, f"no signal {signal_id!r} is recorded")
+        if existing.get("replayed_as"):
+            raise ReplayRefused(409, f"signal {signal_id!r} was already replayed as {existing['replayed_as']!r}")
+        raise ReplayRefused(409, f"only an expired signal can be replayed; {signal_id!r} is {existing.get('status')!r}")
+    original = SignalReceivedV1.model_validate(document["signal"])
+    replay = original.model_copy(update={
+        "signal_id": new_id, "replay_of": signal_id, "received_at": now, "alert_time": None,
+        "resend_key": None, "resend_window_s": None,
+    })
+    try:
+        await deps.publisher.publish(replay, exchange=SIGNALS_EXCHANGE, message_id=new_id)
+    except PublishFailed:
+        # Not sent (or not known to be): the operator may try again, which sends the same signal_id.
+        await deps.db.signals.update_one({"_id": signal_id, "replayed_as": new_id},
+                                         {"$unset": {"replayed_as": "", "replayed_by": "", "replayed_at": "", "replay_reason": ""}})
+        raise
+    log.warning("expired signal replayed by an operator", extra={"replay_of": signal_id, "signal_id": new_id, "actor": actor, "reason": reason})
+    return replay

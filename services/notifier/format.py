@@ -65,7 +65,8 @@ def render(event: Message) -> str | None:
     if isinstance(event, SignalExpiredV1):
         return (
             f"⌛ <b>Signal expired</b> {escape(event.action.value)} {escape(event.symbol)}\n"
-            f"{event.age_s:.1f}s old, max lag {event.max_lag_s:.0f}s; parked for replay\nsignal <code>{_ref(event.signal_id)}</code>"
+            f"{event.age_s:.1f}s old, max lag {event.max_lag_s:.0f}s; parked for replay\nsignal <code>{_ref(event.signal_id)}</code>\n"
+            f"to run it now: <code>POST /bot/signals/{escape(event.signal_id)}/replay</code>"
         )
     if isinstance(event, KillSwitchChangedV1):
         return (

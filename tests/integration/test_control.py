@@ -212,3 +212,52 @@ async def test_a_services_trip_becomes_the_state_once_and_never_loosens_the_swit
         (1, "running", "system"), (2, "halted", "executor"), (3, "running", "api"), (4, "halted", "api")]
     applied = {d["_id"]: d["applied_version"] for d in await mongo_db.control_trips.find({}).to_list(None)}
     assert applied == {"executor:sig-1:halted": 2, "executor:sig-2:entries_off": None}
+
+
+async def _record_signal(mongo_db, signal_id: str, status: str, **fields) -> None:
+    """A signal as the executor records it (services/executor/handlers.py, _claim then _finish)."""
+    from decimal import Decimal
+    from datetime import timedelta
+
+    from shared.contracts import Action, SignalReceivedV1
+
+    received = utcnow() - timedelta(minutes=10)
+    signal = SignalReceivedV1(signal_id=signal_id, token_name="main", symbol="BTC/USDT:USDT", action=Action.BUY,
+                              qty=Decimal("0.01"), max_lag_s=30, alert_time=received, received_at=received,
+                              resend_key="fp" if signal_id.startswith("h-") else None)
+    await mongo_db.signals.insert_one({"_id": signal_id, "status": status, "symbol": signal.symbol, "action": "buy",
+                                       "signal": signal.model_dump(mode="python"), "received_at": received,
+                                       "updated_at": received, **fields})
+
+
+async def test_an_expired_signal_is_parked_and_replayed_once_as_a_fresh_signal(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from tests.support import drain_signals
+
+    await _record_signal(mongo_db, "late-1", "expired", reason="older than its max lag (600.0s > 30s); parked for replay")
+    await _record_signal(mongo_db, "halted-1", "skipped", reason="trading is halted")
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client:
+        parked = await (await client.get("/bot/signals/parked", headers=AUTH)).json()
+        assert [p["signal_id"] for p in parked["parked"]] == ["late-1"]
+
+        assert (await client.post("/bot/signals/late-1/replay")).status == 401  # the bearer token guards it too
+        response = await client.post("/bot/signals/late-1/replay", json={"reason": "missed while BingX was down"}, headers=AUTH)
+        assert response.status == 202, await response.text()
+        assert await response.json() == {"status": "replayed", "signal_id": "late-1.replay", "replay_of": "late-1"}
+
+        again = await client.post("/bot/signals/late-1/replay", headers=AUTH)
+        assert again.status == 409 and "already replayed as 'late-1.replay'" in (await again.json())["reason"]
+        skipped = await client.post("/bot/signals/halted-1/replay", headers=AUTH)
+        assert skipped.status == 409 and "only an expired signal" in (await skipped.json())["reason"]
+        unknown = await client.post("/bot/signals/nope/replay", headers=AUTH)
+        assert unknown.status == 404 and "no signal 'nope'" in (await unknown.json())["reason"]
+        bad = await client.post("/bot/signals/late-1/replay", data=b'{"reason": 5}', headers=AUTH)
+        assert bad.status == 400 and "reason" in (await bad.json())["reason"]
+        assert (await (await client.get("/bot/signals/parked", headers=AUTH)).json())["parked"] == []
+
+    [replay] = await drain_signals(amqp_url)
+    assert (replay.signal_id, replay.replay_of, replay.alert_time) == ("late-1.replay", "late-1", None)
+    assert (utcnow() - replay.received_at).total_seconds() < 30  # it ages from the replay, not from the alert
+    assert str(replay.qty) == "0.01" and replay.max_lag_s == 30
+    original = await mongo_db.signals.find_one({"_id": "late-1"})
+    assert original["status"] == "expired" and original["replayed_as"] == "late-1.replay" and original["replayed_by"] == "api"
+    assert original["replay_reason"] == "missed while BingX was down"

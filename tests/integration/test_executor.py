@@ -218,6 +218,29 @@ async def test_a_stale_signal_is_expired_not_executed(amqp_url, mongo_uri, mongo
         assert expired.age_s >= 90
 
 
+async def test_an_expired_signal_replayed_by_an_operator_is_placed_once(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    from services.control.handlers import ControlDeps, replay_signal
+
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        stale = await h.send(qty=Decimal("0.01"), alert_time=utcnow() - timedelta(seconds=90), max_lag_s=60)
+        assert (await h.settled(stale))["status"] == "expired"
+        control = ControlDeps(db=mongo_db, publisher=h.publisher)
+        replay = await replay_signal(control, stale.signal_id, actor="test", reason="BingX was down")
+        document = await h.settled(replay)
+        assert document["status"] == "placed" and document["signal"]["replay_of"] == stale.signal_id
+        # The answer was lost, say, and the marker undone: a second replay is the same signal, not a second order.
+        await mongo_db.signals.update_one({"_id": stale.signal_id}, {"$unset": {"replayed_as": ""}})
+        await replay_signal(control, stale.signal_id, actor="test", reason="again")
+        # A delivery of a signal already done tells its outcome again (same message id, which the notifier drops).
+        async def told_twice() -> bool:
+            return len(await events_of(h, "OrderPlacedV1", replay.signal_id)) >= 2
+
+        await wait_for(told_twice, what="the second replay to be handled")
+        assert len(await h.venue_orders()) == 1
+        assert await mongo_db.orders.count_documents({"signal_id": replay.signal_id}) == 1
+
+
 async def test_after_a_crash_mid_order_the_venue_is_asked_before_sending_again(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
     async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, start_executor=False) as (h, settings):
         signal = SignalReceivedV1(signal_id="crashed-1", token_name="main", symbol=BTC, action="buy", qty=Decimal("0.01"), received_at=utcnow())

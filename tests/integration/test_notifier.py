@@ -122,3 +122,14 @@ def test_a_fill_tells_what_filled_and_at_what_price():
                          filled=Decimal("0.01"), average=Decimal("59000"), order_id="9", client_order_id="c", status="canceled",
                          filled_at=utcnow())
     assert render(fill) == "🎯 <b>FILLED</b> BUY 0.01 of 0.02 BTC/USDT:USDT @ 59000\norder 9 · signal <code>sig-4</code>"
+
+
+def test_an_expired_signal_tells_how_to_replay_it_with_its_full_id():
+    from services.notifier.format import render
+    from shared.contracts import Action, SignalExpiredV1
+
+    expired = SignalExpiredV1(signal_id="tv-strategy-long-entry-42", account="default", symbol="BTC/USDT:USDT",
+                              action=Action.BUY, age_s=95.25, max_lag_s=60, expired_at=utcnow())
+    assert render(expired) == ("⌛ <b>Signal expired</b> buy BTC/USDT:USDT\n95.2s old, max lag 60s; parked for replay\n"
+                               "signal <code>tv-strategy-lo…</code>\n"
+                               "to run it now: <code>POST /bot/signals/tv-strategy-long-entry-42/replay</code>")
