@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -95,6 +96,15 @@ def venue_reason(error: Exception) -> str:
     return re.sub(r"https?://\S+", "<url>", text)[:300]
 
 
+PREFETCH_FRESH_S = 1.0  # a prefetched price older than this is not used: a market moves
+
+
+def _consume_outcome(task: asyncio.Task) -> None:
+    """A prefetch nobody took: its error (the venue away) is not news; whoever asks next fetches and sees it."""
+    if not task.cancelled():
+        task.exception()
+
+
 def map_error(error: Exception) -> Exception:
     """ccxt's exception classes to ours. Order matters: ccxt's tree nests them."""
     reason = venue_reason(error)
@@ -134,6 +144,8 @@ class BingxExchange:
         # SETTINGS_TTL_S: a trader may change it in BingX's app meanwhile.
         self._leverage: dict[str, tuple[float, dict[str, int]]] = {}  # symbol -> (learned at, side -> leverage)
         self._margin_mode: dict[str, tuple[float, str]] = {}
+        # A price asked for ahead of need (prefetch_price), while the signal is being claimed: symbol -> (asked at, task).
+        self._prefetched: dict[str, tuple[float, asyncio.Task]] = {}
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -153,6 +165,9 @@ class BingxExchange:
         self.markets_loaded_at = time.monotonic()
 
     async def close(self) -> None:
+        for _, task in self._prefetched.values():
+            task.cancel()
+        self._prefetched.clear()
         await self._client.close()
 
     def market(self, symbol: str) -> Market | None:
@@ -177,7 +192,25 @@ class BingxExchange:
         except ccxt.InvalidOrder:
             return Decimal(0)
 
+    def prefetch_price(self, symbol: str) -> None:
+        """Ask for the price now, for an entry about to be planned: the answer arrives while the signal is claimed in
+        the database, instead of after. `price` takes it if asked within PREFETCH_FRESH_S; else it is dropped."""
+        task = asyncio.get_running_loop().create_task(self._fetch_price(symbol))
+        task.add_done_callback(_consume_outcome)
+        previous = self._prefetched.get(symbol)
+        if previous is not None:
+            previous[1].cancel()
+        self._prefetched[symbol] = (time.monotonic(), task)
+
     async def price(self, symbol: str) -> Decimal:
+        prefetched = self._prefetched.pop(symbol, None)
+        if prefetched is not None and time.monotonic() - prefetched[0] <= PREFETCH_FRESH_S:
+            return await prefetched[1]
+        if prefetched is not None:
+            prefetched[1].cancel()
+        return await self._fetch_price(symbol)
+
+    async def _fetch_price(self, symbol: str) -> Decimal:
         ticker = await self._call("fetch_ticker", symbol)
         last = ticker.get("last") or ticker.get("close")
         if last is None:

@@ -740,3 +740,31 @@ async def test_a_trip_nobody_answered_still_holds_after_the_executor_restarts(am
             await h.set_mode(KillSwitchMode.RUNNING)  # someone looked and decided after the trip
             assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "placed"
         assert await h.position() is not None
+
+
+async def test_a_prefetched_price_is_used_only_while_fresh(venue, monkeypatch):
+    from services.executor import exchange as exchange_module
+    from services.executor.exchange import BingxExchange
+    from tests.integration.test_bingx_sim import admin
+
+    base_url, _ = venue
+    exchange = BingxExchange(api_key=KEY, api_secret=SECRET, base_url=base_url, sandbox=False)
+    try:
+        await exchange.start()
+        exchange.prefetch_price(BTC)
+        await wait_for(lambda: _done(exchange._prefetched[BTC][1]), what="the prefetched price")
+        await admin(base_url, "POST", "/_sim/prices", {"BTC-USDT": "61000"})
+        assert await exchange.price(BTC) == Decimal("60000")  # asked ahead, taken as it came: one request, not two
+        assert await exchange.price(BTC) == Decimal("61000")  # taken once: the next ask goes to the venue
+
+        monkeypatch.setattr(exchange_module, "PREFETCH_FRESH_S", 0.0)
+        exchange.prefetch_price(BTC)
+        await wait_for(lambda: _done(exchange._prefetched[BTC][1]), what="the prefetched price")
+        await admin(base_url, "POST", "/_sim/prices", {"BTC-USDT": "62000"})
+        assert await exchange.price(BTC) == Decimal("62000")  # too old: asked again
+    finally:
+        await exchange.close()
+
+
+async def _done(task) -> bool:
+    return task.done()
