@@ -1,8 +1,9 @@
 """`make bench`, second part: alert-to-exchange-order latency at a steady rate, beside the venue call alone.
 
 The whole stack runs as processes (tests/e2e/stack.py) on loopback, paper trading at the simulator. Alerts go to the
-ingress over HTTP at a fixed rate (open loop: one is sent every 1/rate s whatever the answers), on 16 accounts so
-that the executor's shards all get work. Each alert's latency is from the ingress accepting it (`signals.received_at`)
+ingress over HTTP at a fixed rate (open loop: one is sent every 1/rate s whatever the answers), over the eight symbols
+the stack's simulator lists, taking turns, as a trader's strategies on several markets would: the executor's shards
+are by symbol, so one symbol alone would run on one shard (`--symbols 1` measures that). Each alert's latency is from the ingress accepting it (`signals.received_at`)
 to the executor recording BingX's answer (`orders.placed_at`). The baseline, measured in the same run against the
 same simulator: one ccxt `create_order` at the same rate, which is the floor any executor pays per order.
 """
@@ -26,7 +27,8 @@ from tests.e2e.stack import BINGX_KEY, BINGX_SECRET, WEBHOOK_SECRET, Stack
 from tests.support import ROOT, MongoServer, create_vhost, delete_vhost, wait_for
 
 OUT_DIR = ROOT / "bench" / "out"
-ACCOUNTS = 16
+# The stack's simulator lists these (tests/e2e/stack.py); each alert is 100 USDT, which every market can size.
+SYMBOLS = ("BTCUSDT.P", "ETHUSDT.P", "SOLUSDT.P", "LTCUSDT.P", "BNBUSDT.P", "AVAXUSDT.P", "LINKUSDT.P", "DOTUSDT.P")
 P99_TARGET_MS = 25.0
 BTC = "BTC/USDT:USDT"
 
@@ -48,14 +50,14 @@ async def steady(rate: int, duration: int, fire) -> list[asyncio.Task]:
     return tasks
 
 
-async def alerts(stack: Stack, mongo_db, rate: int, duration: int) -> tuple[list[float], dict]:
+async def alerts(stack: Stack, mongo_db, rate: int, duration: int, symbols: int) -> tuple[list[float], dict]:
     run = secrets.token_hex(3)
     statuses: dict[int, int] = {}
     async with aiohttp.ClientSession() as session:
         async def fire(n: int) -> None:
-            action = "buy" if (n // ACCOUNTS) % 2 == 0 else "sell"  # each account goes long, then back to flat
-            body = {"token": WEBHOOK_SECRET, "id": f"lat-{run}-{n}", "account": f"a{n % ACCOUNTS}", "symbol": "BTCUSDT.P",
-                    "action": action, "qty": "0.001"}
+            action = "buy" if (n // symbols) % 2 == 0 else "sell"  # each symbol goes long, then back to about flat
+            body = {"token": WEBHOOK_SECRET, "id": f"lat-{run}-{n}", "symbol": SYMBOLS[n % symbols],
+                    "action": action, "usdt": "100"}
             async with session.post(stack.url("ingress", "/webhook/tradingview"), data=orjson.dumps(body)) as response:
                 statuses[response.status] = statuses.get(response.status, 0) + 1
 
@@ -101,7 +103,7 @@ def row(name: str, values: list[float]) -> str:
             f"{percentile(values, 99):>8.2f}{max(values):>9.2f}")
 
 
-async def main_async(rate: int, duration: int) -> int:
+async def main_async(rate: int, duration: int, symbols: int) -> int:
     mongo = MongoServer()
     mongo.start()
     vhost, amqp_url = create_vhost()
@@ -115,8 +117,9 @@ async def main_async(rate: int, duration: int) -> int:
 
         client = AsyncMongoClient(mongo.uri, tz_aware=True)
         db = client.get_database("tvtb_bench", codec_options=CODEC_OPTIONS)
-        print(f"executor bench: {rate} alerts/s for {duration} s through ingress, broker, executor and simulator", flush=True)
-        ours, counts = await alerts(stack, db, rate, duration)
+        print(f"executor bench: {rate} alerts/s for {duration} s over {symbols} symbol(s), through ingress, broker, executor "
+              "and simulator", flush=True)
+        ours, counts = await alerts(stack, db, rate, duration, symbols)
         await client.close()
         print(f"baseline: ccxt create_order against the same simulator, {rate}/s for {duration} s", flush=True)
         floor = await venue_calls(stack, rate, duration)
@@ -131,7 +134,7 @@ async def main_async(rate: int, duration: int) -> int:
              f"{'HOLDS' if percentile(ours, 99) < P99_TARGET_MS else 'MISSED'} ({percentile(ours, 99):.2f} ms)"]
     print("\n".join(lines), flush=True)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    summary = {"rate": rate, "duration_s": duration, "counts": counts,
+    summary = {"rate": rate, "duration_s": duration, "symbols": symbols, "counts": counts,
                **{f"{name}_{p}": percentile(values, p) for name, values in (("ours", ours), ("baseline", floor)) for p in (50, 90, 99)}}
     (OUT_DIR / "executor.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nresults: {(OUT_DIR / 'executor.json').relative_to(ROOT)}; logs in {logs}", flush=True)
@@ -142,10 +145,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=int, default=200, help="alerts per second (default 200)")
     parser.add_argument("--duration", type=int, default=10, help="seconds of load (default 10)")
+    parser.add_argument("--symbols", type=int, default=len(SYMBOLS), help=f"symbols the alerts take turns on (1..{len(SYMBOLS)})")
     arguments = parser.parse_args()
-    if not 1 <= arguments.rate <= 2000 or not 1 <= arguments.duration <= 300:
-        parser.error("--rate must be 1..2000 and --duration 1..300")
-    return asyncio.run(main_async(arguments.rate, arguments.duration))
+    if not 1 <= arguments.rate <= 2000 or not 1 <= arguments.duration <= 300 or not 1 <= arguments.symbols <= len(SYMBOLS):
+        parser.error(f"--rate must be 1..2000, --duration 1..300 and --symbols 1..{len(SYMBOLS)}")
+    return asyncio.run(main_async(arguments.rate, arguments.duration, arguments.symbols))
 
 
 if __name__ == "__main__":
