@@ -234,6 +234,9 @@ class KillSwitchChangedV1(Message):
     actor: str
     reason: str
     changed_at: datetime
+    # Trading turned back on while signals waited in the executor's queues, because the actor insisted: how many.
+    forced: bool = False
+    backlog: int | None = None
 
     @property
     def autotrade(self) -> bool:

@@ -33,6 +33,7 @@ class SettingsChange(BaseModel):
     autotrade: bool | None = None
     mode: str | None = None
     reason: str = ""
+    force: bool = False  # turn trading on even with signals waiting in the executor's queues
 
 
 class ControlMetrics:
@@ -63,6 +64,8 @@ def state_body(state: KillSwitchChangedV1 | None) -> dict:
         "set_by": state.actor,
         "reason": state.reason,
         "changed_at": state.changed_at.isoformat(),
+        "forced": state.forced,
+        "backlog": state.backlog,
     }
 
 
@@ -100,7 +103,13 @@ async def put_settings(request: web.Request) -> web.Response:
     except InvalidChange as error:
         return _error(400, str(error))
     try:
-        state = await handlers.change_mode(control.deps, mode, actor="api", reason=change.reason or "changed through the API")
+        state = await handlers.set_mode(control.deps, mode, actor="api", reason=change.reason or "changed through the API",
+                                        force=change.force)
+    except handlers.BacklogNotEmpty as error:
+        metrics.requests.labels("/bot/settings", "backlog").inc()
+        return _json({"status": "error", "reason": str(error), "backlog": error.backlog}, 409)
+    except handlers.BacklogUnknown as error:
+        return _error(503, f"{error}; trading stays as it is (send force to turn it on without knowing the backlog)")
     except handlers.ConcurrentChange as error:
         return _error(409, str(error))
     except PublishFailed as error:

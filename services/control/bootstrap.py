@@ -27,7 +27,7 @@ async def build(settings: ControlSettings) -> AsyncIterator[Control]:
     async with contextlib.AsyncExitStack() as stack:
         infra = await open_infrastructure(stack, settings, "control", ("control_history",))
         publisher = await messaging.Publisher.open(infra.connection)
-        deps = ControlDeps(db=infra.db, publisher=publisher)
+        deps = ControlDeps(db=infra.db, publisher=publisher, connection=infra.connection)
         reader = stream_reader(await infra.connection.channel(), deps.view, connection=infra.connection)
         await reader.start()
         stack.push_async_callback(reader.stop)

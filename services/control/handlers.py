@@ -6,13 +6,14 @@ import logging
 import asyncio
 from dataclasses import dataclass, field
 
+from aio_pika.abc import AbstractRobustConnection
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, SignalReceivedV1, stricter, utcnow
 from shared.killswitch import KillSwitchView
-from shared.messaging import CONTROL_STREAM, EVENTS_EXCHANGE, SIGNALS_EXCHANGE, Publisher, PublishFailed
+from shared.messaging import CONTROL_STREAM, EVENTS_EXCHANGE, EXECUTOR_SHARDS, SIGNALS_EXCHANGE, Publisher, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class ControlDeps:
     publisher: Publisher
     view: KillSwitchView = field(default_factory=KillSwitchView)  # what the stream itself carries
     published_version: int = 0  # the highest version the broker has confirmed on the stream
+    connection: AbstractRobustConnection | None = None  # to read the executor's backlog from the broker
 
 STREAM_READ_TIMEOUT_S = 2.0
 
@@ -70,7 +72,64 @@ async def distribute_pending(deps: ControlDeps) -> KillSwitchChangedV1 | None:
     return state
 
 
-async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str) -> KillSwitchChangedV1:
+class BacklogNotEmpty(Exception):
+    """Trading would be turned back on while signals wait: they would run at once, some of them old."""
+
+    def __init__(self, backlog: dict[str, int]) -> None:
+        self.backlog = backlog
+        waiting = ", ".join(f"{queue}: {count}" for queue, count in backlog.items() if count)
+        super().__init__(f"{sum(backlog.values())} signals wait in the executor's queues ({waiting}); they would run as "
+                         "soon as trading is on. Check them, or let the executor record them skipped first, then turn "
+                         "trading on again; to turn it on with them waiting, send force")
+
+
+class BacklogUnknown(Exception):
+    """The broker could not say how many signals wait."""
+
+
+async def executor_backlog(deps: ControlDeps) -> dict[str, int]:
+    """Signals waiting (ready, not yet taken) in each of the executor's shards, as the broker counts them."""
+    if deps.connection is None or deps.connection.is_closed:
+        raise BacklogUnknown("the broker is not reachable")
+    try:
+        channel = await deps.connection.channel()
+        try:
+            underlay = await channel.get_underlay_channel()
+            counts = {}
+            for shard in EXECUTOR_SHARDS:
+                declared = await asyncio.wait_for(underlay.queue_declare(shard.name, passive=True), STREAM_READ_TIMEOUT_S)
+                counts[shard.name] = declared.message_count
+            return counts
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    except Exception as error:
+        raise BacklogUnknown(f"the broker could not count the executor's queues: {type(error).__name__}") from error
+
+
+async def set_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, force: bool = False) -> KillSwitchChangedV1:
+    """A person's change, through REST or Telegram. Turning trading back on looks at the executor's backlog first and
+    refuses while signals wait, unless `force`; a forced change is recorded as forced, with the backlog."""
+    current = deps.view.state or await current_state(deps)
+    backlog_total = None
+    if mode is KillSwitchMode.RUNNING and (current is None or current.mode is not KillSwitchMode.RUNNING):
+        try:
+            backlog = await executor_backlog(deps)
+        except BacklogUnknown:
+            if not force:
+                raise
+            backlog = {}
+        backlog_total = sum(backlog.values())
+        if backlog_total and not force:
+            raise BacklogNotEmpty(backlog)
+    forced = bool(force and backlog_total != 0)  # unknown (None) or non-empty: the actor overrode the check
+    if forced:
+        reason = f"{reason} (forced with {backlog_total if backlog_total is not None else 'an unknown number of'} signals waiting)"
+    return await change_mode(deps, mode, actor=actor, reason=reason, forced=forced, backlog=backlog_total)
+
+
+async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, forced: bool = False,
+                      backlog: int | None = None) -> KillSwitchChangedV1:
     """Write the next version to Mongo (history kept), then distribute it to every service.
 
     Mongo first: if the broker then fails, the change is not lost; start-up republishes the latest version.
@@ -79,7 +138,8 @@ async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, re
     # Readers ignore any version at or below the highest they have seen: never number below the stream's.
     seen = deps.view.state.version if deps.view.state else 0
     state = KillSwitchChangedV1(
-        version=max(previous.version if previous else 0, seen) + 1, mode=mode, actor=actor, reason=reason, changed_at=utcnow()
+        version=max(previous.version if previous else 0, seen) + 1, mode=mode, actor=actor, reason=reason, changed_at=utcnow(),
+        forced=forced, backlog=backlog,
     )
     try:
         await deps.db.control_history.insert_one(state.model_dump(mode="python"))

@@ -261,3 +261,41 @@ async def test_an_expired_signal_is_parked_and_replayed_once_as_a_fresh_signal(a
     original = await mongo_db.signals.find_one({"_id": "late-1"})
     assert original["status"] == "expired" and original["replayed_as"] == "late-1.replay" and original["replayed_by"] == "api"
     assert original["replay_reason"] == "missed while BingX was down"
+
+
+async def test_trading_is_not_turned_back_on_while_signals_wait_unless_forced(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from shared.contracts import Action, SignalReceivedV1
+
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client:
+        assert (await client.put("/bot/settings", json={"autotrade": False, "reason": "incident"}, headers=AUTH)).status == 200
+        # No executor runs: three signals wait in its queues (two symbols, so perhaps two shards).
+        connection = await messaging.connect(amqp_url, "test-backlog")
+        try:
+            publisher = await messaging.Publisher.open(connection)
+            for n, symbol in enumerate(("BTC/USDT:USDT", "BTC/USDT:USDT", "ETH/USDT:USDT")):
+                signal = SignalReceivedV1(signal_id=f"wait-{n}", token_name="t", symbol=symbol, action=Action.BUY, received_at=utcnow())
+                await publisher.publish(signal, exchange=messaging.SIGNALS_EXCHANGE, message_id=signal.signal_id)
+        finally:
+            await connection.close()
+
+        refused = await client.put("/bot/settings", json={"autotrade": True, "reason": "all clear"}, headers=AUTH)
+        body = await refused.json()
+        assert refused.status == 409 and body["reason"].startswith("3 signals wait in the executor's queues")
+        assert sum(body["backlog"].values()) == 3 and set(body["backlog"]) == {s.name for s in messaging.EXECUTOR_SHARDS}
+        assert (await (await client.get("/bot/settings", headers=AUTH)).json())["mode"] == "halted"  # nothing changed
+
+        forced = await client.put("/bot/settings", json={"autotrade": True, "reason": "all clear", "force": True}, headers=AUTH)
+        body = await forced.json()
+        assert forced.status == 200 and body["mode"] == "running" and body["forced"] is True and body["backlog"] == 3
+        assert body["reason"] == "all clear (forced with 3 signals waiting)"
+        history = (await (await client.get("/bot/settings/history", headers=AUTH)).json())["history"]
+        assert history[0]["forced"] is True and history[1]["forced"] is False
+
+        # Turned off and on again with the queues empty: no force needed, nothing recorded as forced.
+        from tests.support import drain_signals
+
+        await drain_signals(amqp_url)
+        assert (await client.put("/bot/settings", json={"mode": "entries_off"}, headers=AUTH)).status == 200
+        again = await client.put("/bot/settings", json={"autotrade": True}, headers=AUTH)
+        body = await again.json()
+        assert again.status == 200 and body["forced"] is False and body["backlog"] == 0
