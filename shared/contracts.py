@@ -237,6 +237,9 @@ class KillSwitchChangedV1(Message):
     # Trading turned back on while signals waited in the executor's queues, because the actor insisted: how many.
     forced: bool = False
     backlog: int | None = None
+    # The `flatten` action: halted from this version on, and an executor cancels every open order and closes every
+    # position (FlattenedV1 tells how it went).
+    flatten: bool = False
 
     @property
     def autotrade(self) -> bool:
@@ -282,10 +285,34 @@ class KillSwitchTripV1(Message):
     tripped_at: datetime
 
 
+class FlattenedPosition(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    symbol: str
+    side: Literal["long", "short"]
+    amount: WireDecimal
+    order_id: str | None = None
+
+
+class FlattenedV1(Message):
+    """How a flatten (a kill-switch version with `flatten`) went: what was closed and cancelled, what is left."""
+
+    TYPE: ClassVar[str] = "FlattenedV1"
+    ROUTING_KEY: ClassVar[str] = "control.flattened.v1"
+
+    version: int
+    actor: str
+    complete: bool  # no position and no open order left, nothing failed
+    closed: tuple[FlattenedPosition, ...] = ()
+    cancelled_symbols: tuple[str, ...] = ()  # every open order of these symbols was cancelled
+    remaining: tuple[FlattenedPosition, ...] = ()  # positions still open afterwards
+    errors: tuple[str, ...] = ()
+    finished_at: datetime
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFilledV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1,
-                KillSwitchTripV1, PositionDriftV1)
+                KillSwitchTripV1, PositionDriftV1, FlattenedV1)
 }
 
 

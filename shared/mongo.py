@@ -54,6 +54,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "executor_replicas": [IndexModel([("seen_at", ASCENDING)], expireAfterSeconds=60)],
     # Kill-switch trips by the executor (services/executor/handlers.py), kept until someone answers them.
     "executor_trips": [IndexModel([("sent", ASCENDING)]), IndexModel([("tripped_at", DESCENDING)])],
+    # Confirmations a flatten waits for (services/control/handlers.py): gone once expired.
+    "control_confirmations": [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)],
 }
 
 

@@ -66,6 +66,7 @@ def state_body(state: KillSwitchChangedV1 | None) -> dict:
         "changed_at": state.changed_at.isoformat(),
         "forced": state.forced,
         "backlog": state.backlog,
+        "flatten": state.flatten,
     }
 
 
@@ -128,6 +129,56 @@ async def get_history(request: web.Request) -> web.Response:
     return _json({"history": [state_body(s) for s in states]})
 
 
+class FlattenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = ""
+    confirm: str | None = None
+
+
+def _invalid(error: ValidationError, what: str) -> web.Response:
+    first = error.errors(include_input=False)[0]
+    return _error(400, f"invalid {what} request: {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")
+
+
+async def post_flatten(request: web.Request) -> web.Response:
+    """POST /bot/flatten: the first call asks for a confirmation; the same call with `confirm` within 60 s flattens."""
+    control = request.app[CONTROL_KEY]
+    metrics: ControlMetrics = request.app[METRICS_KEY]
+    raw = await request.read()
+    try:
+        body = FlattenRequest.model_validate_json(raw) if raw.strip() else FlattenRequest()
+    except ValidationError as error:
+        return _invalid(error, "flatten")
+    if body.confirm is None:
+        code = await handlers.ask_flatten(control.deps, actor="api", reason=body.reason or "flatten through the API")
+        metrics.requests.labels("/bot/flatten", "asked").inc()
+        return _json({"status": "confirm", "confirm": code, "expires_in_s": handlers.FLATTEN_CONFIRM_S,
+                      "reason": handlers.FLATTEN_WARNING}, 202)
+    try:
+        state = await handlers.confirm_flatten(control.deps, body.confirm, actor="api")
+    except handlers.ConfirmationRefused as error:
+        metrics.requests.labels("/bot/flatten", "refused").inc()
+        return _error(409, str(error))
+    except handlers.ConcurrentChange as error:
+        return _error(409, str(error))
+    except PublishFailed as error:
+        metrics.requests.labels("/bot/flatten", "not_distributed").inc()
+        return _error(503, f"the flatten was saved but not yet distributed to the services ({error}); "
+                           "it is sent as soon as the broker takes it")
+    metrics.show(state)
+    metrics.requests.labels("/bot/flatten", "flattening").inc()
+    return _json({"status": "flattening", **state_body(state)}, 202)
+
+
+async def get_flatten(request: web.Request) -> web.Response:
+    """GET /bot/flatten: how the latest flatten went (an executor records it in flatten_runs)."""
+    run = await handlers.latest_flatten(request.app[CONTROL_KEY].deps)
+    if run is None:
+        return _error(404, "no flatten was ever run")
+    return _json({"version": run["_id"], "status": run["status"], "complete": run.get("complete"), "by": run.get("by"),
+                  "started_at": run.get("started_at"), "result": run.get("result")})
+
+
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = ""
@@ -184,6 +235,8 @@ def create_app(control: Control, registry: CollectorRegistry | None = None) -> w
     app.router.add_get("/bot/settings", get_settings)
     app.router.add_put("/bot/settings", put_settings)
     app.router.add_get("/bot/settings/history", get_history)
+    app.router.add_post("/bot/flatten", post_flatten)
+    app.router.add_get("/bot/flatten", get_flatten)
     app.router.add_get("/bot/signals/parked", get_parked)
     app.router.add_post("/bot/signals/{signal_id}/replay", post_replay)
 

@@ -25,7 +25,7 @@ class Control:
 @contextlib.asynccontextmanager
 async def build(settings: ControlSettings) -> AsyncIterator[Control]:
     async with contextlib.AsyncExitStack() as stack:
-        infra = await open_infrastructure(stack, settings, "control", ("control_history",))
+        infra = await open_infrastructure(stack, settings, "control", ("control_history", "control_confirmations"))
         publisher = await messaging.Publisher.open(infra.connection)
         deps = ControlDeps(db=infra.db, publisher=publisher, connection=infra.connection)
         reader = stream_reader(await infra.connection.channel(), deps.view, connection=infra.connection)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import asyncio
+import logging
+import secrets
+from datetime import timedelta
 from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustConnection
@@ -128,8 +130,45 @@ async def set_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reaso
     return await change_mode(deps, mode, actor=actor, reason=reason, forced=forced, backlog=backlog_total)
 
 
+FLATTEN_CONFIRM_S = 60
+FLATTEN_WARNING = ("flatten cancels every open order and closes every position at market, then trading stays halted; "
+                   "to go ahead, send the confirmation within 60 s")
+
+
+class ConfirmationRefused(Exception):
+    """No such confirmation: unknown, used already, expired, or asked by someone else."""
+
+
+async def ask_flatten(deps: ControlDeps, *, actor: str, reason: str) -> str:
+    """The first step of a flatten: nothing happens yet; returns the confirmation to send back within a minute."""
+    code = secrets.token_hex(4)
+    now = utcnow()
+    await deps.db.control_confirmations.insert_one({
+        "_id": f"flatten:{actor}:{code}", "action": "flatten", "actor": actor, "reason": reason, "asked_at": now,
+        "expires_at": now + timedelta(seconds=FLATTEN_CONFIRM_S),
+    })
+    log.warning("flatten asked; waiting for its confirmation", extra={"actor": actor, "reason": reason})
+    return code
+
+
+async def confirm_flatten(deps: ControlDeps, code: str, *, actor: str) -> KillSwitchChangedV1:
+    """The second step: the one who asked confirms in time; trading halts at once and an executor flattens."""
+    now = utcnow()
+    document = await deps.db.control_confirmations.find_one({"_id": f"flatten:{actor}:{code}"})
+    # Deleted first, and only by the one request that finds it: a confirmation runs one flatten.
+    if document is None or document["expires_at"] < now or not (
+            await deps.db.control_confirmations.delete_one({"_id": document["_id"]})).deleted_count:
+        raise ConfirmationRefused("no such flatten confirmation waits (it expired after 60 s, was used, or was asked "
+                                  "by someone else): ask again")
+    return await change_mode(deps, KillSwitchMode.HALTED, actor=actor, reason=f"flatten: {document['reason']}", flatten=True)
+
+
+async def latest_flatten(deps: ControlDeps) -> dict | None:
+    return await deps.db.flatten_runs.find_one({}, sort=[("_id", DESCENDING)])
+
+
 async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, forced: bool = False,
-                      backlog: int | None = None) -> KillSwitchChangedV1:
+                      backlog: int | None = None, flatten: bool = False) -> KillSwitchChangedV1:
     """Write the next version to Mongo (history kept), then distribute it to every service.
 
     Mongo first: if the broker then fails, the change is not lost; start-up republishes the latest version.
@@ -139,7 +178,7 @@ async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, re
     seen = deps.view.state.version if deps.view.state else 0
     state = KillSwitchChangedV1(
         version=max(previous.version if previous else 0, seen) + 1, mode=mode, actor=actor, reason=reason, changed_at=utcnow(),
-        forced=forced, backlog=backlog,
+        forced=forced, backlog=backlog, flatten=flatten,
     )
     try:
         await deps.db.control_history.insert_one(state.model_dump(mode="python"))

@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from services.executor.exchange import BingxExchange, ExchangeUnavailable
+from services.executor.flatten import flatten
 from services.executor.handlers import (
     Breaker,
     ExecutorDeps,
@@ -65,12 +66,35 @@ async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event, refresh
 
 def _on_mode(executor: Executor, state: KillSwitchChangedV1 | None) -> None:
     """Entries off or halted: resting limit entries are cancelled at the venue, by every replica (cancelling one
-    already gone is harmless), and again by a replica that starts while trading is stopped."""
+    already gone is harmless), and again by a replica that starts while trading is stopped. A flatten is run by the
+    replica that claims it (services/executor/flatten.py)."""
     if state is None or state.mode is KillSwitchMode.RUNNING:
         return
-    task = asyncio.get_running_loop().create_task(_cancel_resting_entries(executor, state.mode))
-    executor.tasks.add(task)
-    task.add_done_callback(executor.tasks.discard)
+    jobs = [_cancel_resting_entries(executor, state.mode)]
+    if state.flatten:
+        jobs.append(_flatten(executor, state))
+    for job in jobs:
+        task = asyncio.get_running_loop().create_task(job)
+        executor.tasks.add(task)
+        task.add_done_callback(executor.tasks.discard)
+
+
+async def _flatten(executor: Executor, state: KillSwitchChangedV1) -> None:
+    """Run the flatten, trying again after a failure (the venue or the database away) while it is still the state."""
+    await executor.exchange_ready.wait()
+    delay = 0.5
+    while True:
+        current = executor.deps.view.state
+        if current is not None and current.version > state.version:
+            return  # superseded: someone decided again
+        try:
+            await flatten(executor.deps, state)
+            return
+        except Exception as error:
+            raise_if_cancelling()
+            log.error("flatten failed; trying again", extra={"version": state.version, "error": f"{type(error).__name__}: {error}"[:300]})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def _cancel_resting_entries(executor: Executor, mode: KillSwitchMode) -> None:

@@ -235,6 +235,19 @@ class BingxExchange:
                 found.append(Position(symbol=symbol, side=item.get("side"), contracts=contracts, entry_price=_dec(item.get("entryPrice"))))
         return found
 
+    async def all_positions(self) -> list[Position]:
+        """Every open position of the account, whatever the symbol (for `flatten`)."""
+        found = []
+        for item in await self._call("fetch_positions"):
+            contracts = _dec(item.get("contracts")) or Decimal(0)
+            if contracts > 0 and item.get("symbol"):
+                found.append(Position(symbol=item["symbol"], side=item.get("side"), contracts=contracts, entry_price=_dec(item.get("entryPrice"))))
+        return found
+
+    async def symbols_with_open_orders(self) -> set[str]:
+        """The symbols that have an open order, whatever placed it (for `flatten`)."""
+        return {order["symbol"] for order in await self._call("fetch_open_orders") if order.get("symbol")}
+
     async def create_order(self, symbol: str, side: str, amount: Decimal, *, client_order_id: str, reduce_only: bool,
                            price: Decimal | None = None, stop_loss: Decimal | None = None,
                            take_profit: Decimal | None = None) -> PlacedOrder:

@@ -6,6 +6,7 @@ from decimal import Decimal
 from html import escape
 
 from shared.contracts import (
+    FlattenedV1,
     KillSwitchChangedV1,
     KillSwitchTripV1,
     PositionDriftV1,
@@ -80,6 +81,19 @@ def render(event: Message) -> str | None:
             f"the strategy says {claimed}; BingX holds long {_num(event.venue_long)}, short {_num(event.venue_short)}\n"
             f"signal <code>{_ref(event.signal_id)}</code>"
         )
+    if isinstance(event, FlattenedV1):
+        lines = [f"🧹 <b>Flatten {'done' if event.complete else 'INCOMPLETE: check BingX'}</b> (v{event.version}, by {escape(event.actor)})"]
+        if event.closed:
+            lines.append("closed " + ", ".join(f"{escape(p.symbol)} {p.side} {_num(p.amount)}" for p in event.closed))
+        if event.cancelled_symbols:
+            lines.append("orders cancelled on " + ", ".join(escape(s) for s in event.cancelled_symbols))
+        if not event.closed and not event.cancelled_symbols and not event.remaining:
+            lines.append("nothing was open")
+        if event.remaining:
+            lines.append("still open " + ", ".join(f"{escape(p.symbol)} {p.side} {_num(p.amount)}" for p in event.remaining))
+        lines.extend(escape(error) for error in event.errors[:5])
+        lines.append("trading stays halted")
+        return "\n".join(lines)
     if isinstance(event, KillSwitchTripV1):
         # Told at once, whether or not the control service is there to make it the state.
         return (

@@ -133,3 +133,19 @@ def test_an_expired_signal_tells_how_to_replay_it_with_its_full_id():
     assert render(expired) == ("⌛ <b>Signal expired</b> buy BTC/USDT:USDT\n95.2s old, max lag 60s; parked for replay\n"
                                "signal <code>tv-strategy-lo…</code>\n"
                                "to run it now: <code>POST /bot/signals/tv-strategy-long-entry-42/replay</code>")
+
+
+def test_a_flatten_tells_what_it_closed_and_what_is_left():
+    from services.notifier.format import render
+    from shared.contracts import FlattenedPosition, FlattenedV1
+
+    done = FlattenedV1(version=7, actor="api", complete=True, finished_at=utcnow(),
+                       closed=(FlattenedPosition(symbol="BTC/USDT:USDT", side="long", amount=Decimal("0.01")),),
+                       cancelled_symbols=("BTC/USDT:USDT",))
+    assert render(done) == ("🧹 <b>Flatten done</b> (v7, by api)\nclosed BTC/USDT:USDT long 0.01\n"
+                            "orders cancelled on BTC/USDT:USDT\ntrading stays halted")
+    left = FlattenedV1(version=8, actor="42", complete=False, finished_at=utcnow(),
+                       remaining=(FlattenedPosition(symbol="ETH/USDT:USDT", side="short", amount=Decimal("0.1")),),
+                       errors=("ETH/USDT:USDT short: not closed: <busy>",))
+    assert render(left) == ("🧹 <b>Flatten INCOMPLETE: check BingX</b> (v8, by 42)\nstill open ETH/USDT:USDT short 0.1\n"
+                            "ETH/USDT:USDT short: not closed: &lt;busy&gt;\ntrading stays halted")
