@@ -175,3 +175,21 @@ def load_settings(cls: type[S], service: str) -> S:
     except ValidationError as error:
         sys.stderr.write(f"{service}: configuration error: {describe_errors(error)}\n")
         raise SystemExit(2) from None
+
+
+def parse_ids(value: object) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        return tuple(int(v) for v in value)
+    if isinstance(value, int):
+        return (value,)
+    if not isinstance(value, str):
+        raise ValueError("must be a comma-separated list of numeric ids")
+    ids = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise ValueError(f"{part[:24]!r} is not a numeric Telegram id") from None
+    return tuple(ids)

@@ -109,6 +109,19 @@ class FakeTelegram:
         client._sender = sender
         return sender
 
+    def incoming(self, client: TelegramClient, user_id: int, text: str, *, date: datetime.datetime | None = None) -> None:
+        """A user writes `text` to the bot in a private chat, as Telegram pushes it: a real `Updates` on the client's
+        queue, next in the account's pts sequence, so Telethon's own update handling and event builders run."""
+        self._pts += 1
+        self._message_id += 1
+        user = types.User(id=user_id, access_hash=access_hash(user_id), first_name=f"user{user_id}")
+        message = types.Message(id=self._message_id, peer_id=types.PeerUser(user_id=user_id), date=date or _now(),
+                                message=text, out=False)
+        client._updates_queue.put_nowait(types.Updates(
+            updates=[types.UpdateNewMessage(message=message, pts=self._pts, pts_count=1)],
+            users=[user], chats=[], date=_now(), seq=0,
+        ))
+
     def requests_of(self, kind: type[TLRequest]) -> list[Received]:
         return [r for r in self.received if isinstance(r.query, kind)]
 

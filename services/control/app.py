@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.control import handlers
 from services.control.bootstrap import Control
+from services.control.commands import CommandTable
+from services.control.telegram import TelegramCommands
 from services.control.domain import InvalidChange, initial_mode, requested_mode
 from shared import mongo
 from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, Message
-from shared.errors import PermanentError
+from shared.errors import ConfigurationError, PermanentError
 from shared.messaging import CONTROL_TRIPS, Consumer, PublishFailed
 from shared.runtime import raise_if_cancelling
 from shared.observability import tracing_middleware, Readiness, add_health_routes
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_KEY = web.AppKey("control", Control)
 METRICS_KEY = web.AppKey("control_metrics", object)
+TELEGRAM_KEY = web.AppKey("control_telegram", object)
 
 
 class SettingsChange(BaseModel):
@@ -73,7 +76,7 @@ def state_body(state: KillSwitchChangedV1 | None) -> dict:
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Everything under /bot needs `Authorization: Bearer $CONTROL_API_TOKEN`, compared in constant time."""
-    if request.path.startswith("/bot"):
+    if request.path.startswith("/bot") or request.path == "/status":
         expected = request.app[CONTROL_KEY].settings.control_api_token.get_secret_value().encode()
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
@@ -127,6 +130,30 @@ async def get_history(request: web.Request) -> web.Response:
     control = request.app[CONTROL_KEY]
     states = await handlers.history(control.deps)
     return _json({"history": [state_body(s) for s in states]})
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """GET /status: the mode and who set it, the executor's backlog and replicas, the latest signal and order."""
+    body = await handlers.status(request.app[CONTROL_KEY].deps)
+    bot = request.app[TELEGRAM_KEY]
+    body["telegram_commands"] = None if bot is None else ("connected" if bot.connected else "not connected")
+    return _json(body)
+
+
+async def get_recent_signals(request: web.Request) -> web.Response:
+    return _json({"signals": await handlers.recent_signals(request.app[CONTROL_KEY].deps, _limit(request))})
+
+
+async def get_recent_orders(request: web.Request) -> web.Response:
+    return _json({"orders": await handlers.recent_orders(request.app[CONTROL_KEY].deps, _limit(request))})
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        return min(max(int(request.query.get("limit", handlers.STATUS_RECENT)), 1), 200)
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"status": "error", "reason": "limit must be a number from 1 to 200"}',
+                                 content_type="application/json") from None
 
 
 class FlattenRequest(BaseModel):
@@ -227,14 +254,45 @@ async def _keep_distributed(control: Control, metrics: ControlMetrics, interval_
             metrics.show(state)
 
 
-def create_app(control: Control, registry: CollectorRegistry | None = None) -> web.Application:
+async def _keep_telegram(bot: TelegramCommands) -> None:
+    """Log the control bot in, trying again while Telegram is unreachable; REST works meanwhile."""
+    delay = 1.0
+    while True:
+        try:
+            await bot.start()
+            return
+        except ConfigurationError:
+            raise  # a bad token or api id: said once in the log, and retrying would not help
+        except Exception as error:
+            raise_if_cancelling()
+            log.warning("telegram control bot not connected yet", extra={"error": type(error).__name__, "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+def telegram_bot(control: Control, client_factory=None) -> TelegramCommands | None:
+    settings = control.settings
+    if not settings.telegram_enabled:
+        return None
+    assert settings.telegram_api_id is not None and settings.telegram_api_hash is not None and settings.telegram_bot_token is not None
+    return TelegramCommands(api_id=settings.telegram_api_id, api_hash=settings.telegram_api_hash.get_secret_value(),
+                            bot_token=settings.telegram_bot_token.get_secret_value(),
+                            session_path=settings.telegram_control_session_path,
+                            table=CommandTable(control.deps, frozenset(settings.telegram_admin_ids)), client_factory=client_factory)
+
+
+def create_app(control: Control, registry: CollectorRegistry | None = None, *, telegram_client_factory=None) -> web.Application:
     registry = registry or CollectorRegistry()
     app = web.Application(middlewares=[tracing_middleware, bearer_auth], client_max_size=64 * 1024)
     app[CONTROL_KEY] = control
     app[METRICS_KEY] = ControlMetrics(registry)
+    app[TELEGRAM_KEY] = telegram_bot(control, telegram_client_factory)
     app.router.add_get("/bot/settings", get_settings)
     app.router.add_put("/bot/settings", put_settings)
     app.router.add_get("/bot/settings/history", get_history)
+    app.router.add_get("/status", get_status)
+    app.router.add_get("/bot/signals", get_recent_signals)
+    app.router.add_get("/bot/orders", get_recent_orders)
     app.router.add_post("/bot/flatten", post_flatten)
     app.router.add_get("/bot/flatten", get_flatten)
     app.router.add_get("/bot/signals/parked", get_parked)
@@ -243,7 +301,9 @@ def create_app(control: Control, registry: CollectorRegistry | None = None) -> w
     async def readiness() -> Readiness:
         state = await handlers.current_state(control.deps) if await mongo.ping(control.deps.db) else None
         broker = not control.connection.is_closed
-        detail = {"broker": broker, "mongo": state is not None, "mode": state.mode.value if state else None}
+        bot = app[TELEGRAM_KEY]
+        detail = {"broker": broker, "mongo": state is not None, "mode": state.mode.value if state else None,
+                  "telegram": bot.connected if bot is not None else None}
         return Readiness(ready=broker and state is not None, detail=detail)
 
     add_health_routes(app, registry, readiness)
@@ -262,7 +322,14 @@ def create_app(control: Control, registry: CollectorRegistry | None = None) -> w
 
         trips = Consumer(channel=await control.connection.channel(), queue_name=CONTROL_TRIPS.name, handler=on_trip, name="control")
         await trips.start()
+        bot_task = None
+        if app[TELEGRAM_KEY] is not None:
+            bot_task = asyncio.create_task(_keep_telegram(app[TELEGRAM_KEY]))
         yield
+        if bot_task is not None:
+            bot_task.cancel()
+            await asyncio.gather(bot_task, return_exceptions=True)
+            await app[TELEGRAM_KEY].close()
         await trips.stop()
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)

@@ -309,3 +309,49 @@ async def replay_signal(deps: ControlDeps, signal_id: str, *, actor: str, reason
         raise
     log.warning("expired signal replayed by an operator", extra={"replay_of": signal_id, "signal_id": new_id, "actor": actor, "reason": reason})
     return replay
+
+
+STATUS_RECENT = 10
+
+
+async def status(deps: ControlDeps) -> dict:
+    """What an operator asks first: the mode and who set it, the executor's backlog and replicas, the latest signal
+    and order. The same for GET /status and Telegram's /status."""
+    state = await current_state(deps)
+    try:
+        backlog: dict[str, int] | None = await executor_backlog(deps)
+    except BacklogUnknown:
+        backlog = None
+    replicas = [{"replica": d["_id"], "shards": d.get("holding", []), "seen_at": d.get("seen_at")}
+                async for d in deps.db.executor_replicas.find({}, sort=[("_id", 1)])]
+    last_signal = await deps.db.signals.find_one(
+        {}, {"_id": 1, "status": 1, "symbol": 1, "action": 1, "received_at": 1, "reason": 1}, sort=[("received_at", DESCENDING)])
+    last_order = await deps.db.orders.find_one(
+        {}, {"_id": 0, "signal_id": 1, "symbol": 1, "side": 1, "amount": 1, "status": 1, "order_id": 1, "placed_at": 1},
+        sort=[("placed_at", DESCENDING)])
+    return {
+        "mode": state.mode.value if state else None,
+        "version": state.version if state else 0,
+        "set_by": state.actor if state else None,
+        "reason": state.reason if state else None,
+        "changed_at": state.changed_at if state else None,
+        "backlog": backlog,
+        "backlog_total": sum(backlog.values()) if backlog is not None else None,
+        "executor_replicas": replicas,
+        "last_signal": {"signal_id": last_signal.pop("_id"), **last_signal} if last_signal else None,
+        "last_order": last_order,
+    }
+
+
+async def recent_orders(deps: ControlDeps, limit: int = STATUS_RECENT) -> list[dict]:
+    cursor = deps.db.orders.find(
+        {}, {"_id": 0, "signal_id": 1, "symbol": 1, "side": 1, "amount": 1, "price": 1, "status": 1, "order_id": 1,
+             "reduce_only": 1, "placed_at": 1}, sort=[("placed_at", DESCENDING)], limit=limit)
+    return [d async for d in cursor]
+
+
+async def recent_signals(deps: ControlDeps, limit: int = STATUS_RECENT) -> list[dict]:
+    cursor = deps.db.signals.find(
+        {}, {"_id": 1, "status": 1, "symbol": 1, "action": 1, "received_at": 1, "reason": 1, "token_name": 1, "strategy": 1},
+        sort=[("received_at", DESCENDING)], limit=limit)
+    return [{"signal_id": d.pop("_id"), **d} async for d in cursor]

@@ -7,25 +7,7 @@ from typing import Annotated
 from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import ServiceSettings
-
-
-def parse_ids(value: object) -> tuple[int, ...]:
-    if isinstance(value, (tuple, list)):
-        return tuple(int(v) for v in value)
-    if isinstance(value, int):
-        return (value,)
-    if not isinstance(value, str):
-        raise ValueError("must be a comma-separated list of numeric ids")
-    ids = []
-    for part in (p.strip() for p in value.split(",")):
-        if not part:
-            continue
-        try:
-            ids.append(int(part))
-        except ValueError:
-            raise ValueError(f"{part[:24]!r} is not a numeric Telegram id") from None
-    return tuple(ids)
+from shared.settings import ServiceSettings, parse_ids
 
 
 class NotifierSettings(ServiceSettings):

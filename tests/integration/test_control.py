@@ -299,3 +299,27 @@ async def test_trading_is_not_turned_back_on_while_signals_wait_unless_forced(am
         again = await client.put("/bot/settings", json={"autotrade": True}, headers=AUTH)
         body = await again.json()
         assert again.status == 200 and body["forced"] is False and body["backlog"] == 0
+
+
+async def test_status_and_the_latest_signals_and_orders_answer_with_the_token_only(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from decimal import Decimal
+
+    await _record_signal(mongo_db, "s-1", "placed")
+    await mongo_db.orders.insert_one({"client_order_id": "c1", "signal_id": "s-1", "symbol": "BTC/USDT:USDT", "side": "buy",
+                                      "amount": Decimal("0.01"), "status": "closed", "order_id": "9", "reduce_only": False,
+                                      "placed_at": utcnow()})
+    await mongo_db.executor_replicas.insert_one({"_id": "exec-a", "holding": [0, 1, 2, 3], "seen_at": utcnow()})
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client:
+        for path in ("/status", "/bot/signals", "/bot/orders"):
+            assert (await client.get(path)).status == 401
+        status = await (await client.get("/status", headers=AUTH)).json()
+        assert status["mode"] == "running" and status["set_by"] == "system" and status["backlog_total"] == 0
+        assert status["executor_replicas"] == [{"replica": "exec-a", "shards": [0, 1, 2, 3], "seen_at": status["executor_replicas"][0]["seen_at"]}]
+        assert status["last_signal"]["signal_id"] == "s-1" and status["last_order"]["order_id"] == "9"
+        assert status["telegram_commands"] is None  # not configured
+        signals = (await (await client.get("/bot/signals?limit=5", headers=AUTH)).json())["signals"]
+        assert [s["signal_id"] for s in signals] == ["s-1"]
+        orders = (await (await client.get("/bot/orders", headers=AUTH)).json())["orders"]
+        assert [(o["order_id"], o["amount"]) for o in orders] == [("9", "0.01")]
+        bad = await client.get("/bot/orders?limit=lots", headers=AUTH)
+        assert bad.status == 400 and "limit" in (await bad.json())["reason"]
