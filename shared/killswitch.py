@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from prometheus_client import CollectorRegistry, Gauge
 
 from shared.contracts import KillSwitchChangedV1, KillSwitchMode, Message
 from shared.messaging import CONTROL_STREAM, Consumer
@@ -66,7 +67,7 @@ class KillSwitchView:
     def describe(self) -> dict:
         if self.state is None:
             return {"killswitch": {"known": False}}
-        return {"killswitch": {"known": True, "mode": self.state.mode.value, "version": self.state.version}}
+        return {"killswitch": {"known": self.known.is_set(), "mode": self.state.mode.value, "version": self.state.version}}
 
 
 def stream_reader(channel: AbstractChannel, view: KillSwitchView, *, connection: AbstractRobustConnection | None = None) -> Consumer:
@@ -91,3 +92,24 @@ def stream_reader(channel: AbstractChannel, view: KillSwitchView, *, connection:
         stream=True,
         consume_arguments={"x-stream-offset": "last"},
     )
+
+
+async def follow(connection: AbstractRobustConnection) -> tuple[KillSwitchView, Consumer]:
+    """A view of the kill switch kept from the control stream, for a service that only shows it (the ingress, the
+    notifier): started here; the caller stops the returned reader."""
+    view = KillSwitchView()
+    reader = stream_reader(await connection.channel(), view, connection=connection)
+    await reader.start()
+    return view, reader
+
+
+def expose_mode(registry: CollectorRegistry, view: KillSwitchView) -> None:
+    """`tvtb_killswitch_mode{mode}`: 1 for the mode this service believes, 0 for the others (all 0 while unknown)."""
+    gauge = Gauge("tvtb_killswitch_mode", "Kill-switch mode this service believes (1 for the current one)", ["mode"], registry=registry)
+
+    def show(_state: KillSwitchChangedV1 | None) -> None:
+        for mode in KillSwitchMode:
+            gauge.labels(mode.value).set(1 if view.mode is mode else 0)
+
+    show(None)
+    view.on_change(show)

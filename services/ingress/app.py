@@ -21,6 +21,7 @@ from services.ingress.durable import Unavailable
 from services.ingress.formats import UnreadableBody, parse_body
 from services.ingress.guards import client_address, source_allowed
 from shared import mongo
+from shared.killswitch import expose_mode
 from shared.contracts import utcnow
 from shared.observability import LATENCY_BUCKETS, Readiness, add_health_routes, bound_signal, tracing_middleware
 
@@ -179,13 +180,14 @@ def create_app(ingress: Ingress, registry: CollectorRegistry | None = None) -> w
     app = web.Application(middlewares=[tracing_middleware], client_max_size=MAX_BODY_BYTES)
     app[INGRESS_KEY] = ingress
     app[METRICS_KEY] = IngressMetrics(registry, ingress)
+    expose_mode(registry, ingress.killswitch)
     app.router.add_post("/webhook/tradingview", guarded_webhook)
     app.router.add_post("/webhook/tradingview/{token}", guarded_webhook)
 
     async def readiness() -> Readiness:
         broker = not ingress.connection.is_closed
         database = await mongo.ping(ingress.db)
-        detail = {"broker": broker, "mongo": database, "outbox_pending": ingress.outbox.pending}
+        detail = {"broker": broker, "mongo": database, "outbox_pending": ingress.outbox.pending, **ingress.killswitch.describe()}
         # Either one is enough to accept alerts durably.
         return Readiness(ready=broker or database, detail=detail)
 

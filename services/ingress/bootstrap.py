@@ -15,6 +15,7 @@ from services.ingress.guards import RateLimiter
 from services.ingress.settings import IngressSettings
 from services.ingress.store import Outbox, RecentSignals, Recorder
 from shared import messaging
+from shared.killswitch import KillSwitchView, follow
 from shared.bootstrap import open_infrastructure
 
 
@@ -31,6 +32,8 @@ class Ingress:
     token_limiter: RateLimiter
     ip_limiter: RateLimiter
     inflight: dict[str, asyncio.Future] = field(default_factory=dict)
+    # Shown, not obeyed: the ingress accepts alerts whatever the mode; the executor records them skipped.
+    killswitch: KillSwitchView = field(default_factory=KillSwitchView)
 
 
 async def _stop(task: asyncio.Task) -> None:
@@ -55,6 +58,9 @@ async def build(settings: IngressSettings) -> AsyncIterator[Ingress]:
             token_limiter=RateLimiter(settings.webhook_rate_limit_per_token),
             ip_limiter=RateLimiter(settings.webhook_rate_limit_per_ip),
         )
+        view, reader = await follow(infra.connection)
+        stack.push_async_callback(reader.stop)
+        ingress.killswitch = view
         stack.push_async_callback(recorder.flush)  # runs after the writer stops: the last records are written
         stack.push_async_callback(_stop, asyncio.create_task(recorder.run()))
         stack.push_async_callback(_stop, asyncio.create_task(outbox.run()))

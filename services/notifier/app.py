@@ -16,7 +16,8 @@ def create_app(notifier: Notifier, consumer: Consumer) -> web.Application:
     async def readiness() -> Readiness:
         broker = not notifier.connection.is_closed
         database = await mongo.ping(notifier.deps.db)
-        detail = {"broker": broker, "mongo": database, "consuming": consumer.consuming, "messenger": notifier.deps.messenger.name}
+        detail = {"broker": broker, "mongo": database, "consuming": consumer.consuming, "messenger": notifier.deps.messenger.name,
+                  **notifier.killswitch.describe()}
         return Readiness(ready=broker and database and consumer.consuming, detail=detail)
 
     add_health_routes(app, notifier.registry, readiness)

@@ -13,6 +13,7 @@ from services.notifier.handlers import NotifierDeps, NotifierMetrics
 from services.notifier.messenger import LogMessenger, Messenger
 from services.notifier.settings import NotifierSettings
 from shared.bootstrap import open_infrastructure
+from shared.killswitch import KillSwitchView, expose_mode, follow
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Notifier:
     deps: NotifierDeps
     connection: AbstractRobustConnection
     registry: CollectorRegistry
+    killswitch: KillSwitchView
 
 
 def default_messenger(settings: NotifierSettings) -> Messenger:
@@ -48,4 +50,7 @@ async def build(settings: NotifierSettings, *, messenger: Messenger | None = Non
         stack.push_async_callback(messenger.close)
 
         deps = NotifierDeps(db=infra.db, messenger=messenger, chat_ids=settings.telegram_chat_ids, metrics=NotifierMetrics(registry))
-        yield Notifier(settings=settings, deps=deps, connection=infra.connection, registry=registry)
+        view, reader = await follow(infra.connection)  # shown in /readyz and the metrics; the notifier does not trade
+        stack.push_async_callback(reader.stop)
+        expose_mode(registry, view)
+        yield Notifier(settings=settings, deps=deps, connection=infra.connection, registry=registry, killswitch=view)

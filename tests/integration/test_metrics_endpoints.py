@@ -52,3 +52,40 @@ async def test_the_notifier_serves_its_metrics(amqp_url, mongo_uri, mongo_db_nam
         await connection.close()
     assert response.status == 200 and response.content_type == "text/plain"
     assert 'tvtb_notifications_total{result="sent"} 1.0' in text
+
+
+async def test_the_ingress_and_the_notifier_show_the_kill_switch_mode_they_believe(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from services.ingress.app import create_app as ingress_app
+    from services.ingress.bootstrap import build as build_ingress
+    from services.ingress.settings import IngressSettings
+    from shared.contracts import KillSwitchChangedV1
+
+    connection = await messaging.connect(amqp_url, "test-control")
+    try:
+        await messaging.declare_topology(await connection.channel())
+        publisher = await messaging.Publisher.open(connection)
+
+        async def set_mode(version: int, mode: KillSwitchMode) -> None:
+            state = KillSwitchChangedV1(version=version, mode=mode, actor="test", reason="test", changed_at=utcnow())
+            await publisher.publish(state, exchange="", routing_key=messaging.CONTROL_STREAM)
+
+        await set_mode(1, KillSwitchMode.RUNNING)
+        ingress_settings = IngressSettings(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name,
+                                           webhook_tokens="main:tv-secret-0123456789abcdef")
+        notifier_settings = NotifierSettings(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, telegram_chat_ids=[111])
+        async with build_ingress(ingress_settings) as ingress, build_notifier(notifier_settings, messenger=LogMessenger()) as notifier, \
+                notifier_consuming(notifier) as consumer, TestClient(TestServer(ingress_app(ingress))) as ingress_http, \
+                TestClient(TestServer(notifier_app(notifier, consumer))) as notifier_http:
+            await set_mode(2, KillSwitchMode.ENTRIES_OFF)  # a change while they run, too
+
+            async def shown(client) -> bool:
+                ready = await (await client.get("/readyz")).json()
+                metrics = await (await client.get("/metrics")).text()
+                return (ready.get("killswitch") == {"known": True, "mode": "entries_off", "version": 2}
+                        and 'tvtb_killswitch_mode{mode="entries_off"} 1.0' in metrics
+                        and 'tvtb_killswitch_mode{mode="running"} 0.0' in metrics)
+
+            await wait_for(lambda: shown(ingress_http), what="the ingress to show entries_off")
+            await wait_for(lambda: shown(notifier_http), what="the notifier to show entries_off")
+    finally:
+        await connection.close()
