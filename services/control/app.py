@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from services.control import handlers
+from services.control import handlers, openapi
 from services.control.bootstrap import Control
 from services.control.commands import CommandTable
 from services.control.telegram import TelegramCommands
@@ -130,6 +130,10 @@ async def get_history(request: web.Request) -> web.Response:
     control = request.app[CONTROL_KEY]
     states = await handlers.history(control.deps)
     return _json({"history": [state_body(s) for s in states]})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return _json(openapi.SPEC)
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -290,6 +294,7 @@ def create_app(control: Control, registry: CollectorRegistry | None = None, *, t
     app.router.add_get("/bot/settings", get_settings)
     app.router.add_put("/bot/settings", put_settings)
     app.router.add_get("/bot/settings/history", get_history)
+    app.router.add_get("/openapi.json", get_openapi)
     app.router.add_get("/status", get_status)
     app.router.add_get("/bot/signals", get_recent_signals)
     app.router.add_get("/bot/orders", get_recent_orders)

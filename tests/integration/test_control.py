@@ -323,3 +323,19 @@ async def test_status_and_the_latest_signals_and_orders_answer_with_the_token_on
         assert [(o["order_id"], o["amount"]) for o in orders] == [("9", "0.01")]
         bad = await client.get("/bot/orders?limit=lots", headers=AUTH)
         assert bad.status == 400 and "limit" in (await bad.json())["reason"]
+
+
+async def test_the_openapi_description_names_every_route_and_only_those(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    async with build(settings(amqp_url, mongo_uri, mongo_db_name)) as control:
+        app = create_app(control)
+        served = {(route.method.lower(), route.resource.canonical) for route in app.router.routes()
+                  if route.method != "HEAD" and route.resource is not None}
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/openapi.json")  # public: it holds no secret
+            spec = await response.json()
+    assert response.status == 200 and spec["openapi"].startswith("3.1")
+    described = {(method, path) for path, methods in spec["paths"].items() for method in methods}
+    assert described == served
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            assert operation.get("summary") and operation.get("responses"), (method, path)
