@@ -144,6 +144,14 @@ async def get_status(request: web.Request) -> web.Response:
     return _json(body)
 
 
+async def get_account(request: web.Request) -> web.Response:
+    """GET /bot/account: positions and balance as an executor last read them at BingX, with when."""
+    snapshot = await handlers.account(request.app[CONTROL_KEY].deps)
+    if snapshot is None:
+        return _error(404, "no executor has read the account yet")
+    return _json(snapshot)
+
+
 async def get_recent_signals(request: web.Request) -> web.Response:
     return _json({"signals": await handlers.recent_signals(request.app[CONTROL_KEY].deps, _limit(request))})
 
@@ -298,6 +306,7 @@ def create_app(control: Control, registry: CollectorRegistry | None = None, *, t
     app.router.add_get("/status", get_status)
     app.router.add_get("/bot/signals", get_recent_signals)
     app.router.add_get("/bot/orders", get_recent_orders)
+    app.router.add_get("/bot/account", get_account)
     app.router.add_post("/bot/flatten", post_flatten)
     app.router.add_get("/bot/flatten", get_flatten)
     app.router.add_get("/bot/signals/parked", get_parked)

@@ -29,6 +29,7 @@ HELP = (
     "/flatten — cancel every order and close every position, then halt (asks for a confirmation)\n"
     "/status — mode, who set it, backlog, executors, latest signal and order\n"
     "/orders — the latest orders\n"
+    "/positions, /balance — as an executor last read them at BingX\n"
     "/help — this list"
 )
 
@@ -69,7 +70,8 @@ class CommandTable:
 
     def _commands(self) -> dict[str, Callable[[Command, list[str]], Awaitable[str]]]:
         return {"/autotrade": self._autotrade, "/entries_off": self._entries_off, "/flatten": self._flatten,
-                "/status": self._status, "/orders": self._orders, "/help": self._help, "/start": self._help}
+                "/status": self._status, "/orders": self._orders, "/positions": self._positions, "/balance": self._balance,
+                "/help": self._help, "/start": self._help}
 
     @staticmethod
     def _actor(command: Command) -> str:
@@ -138,6 +140,34 @@ class CommandTable:
             f"{escape(_time(o.get('placed_at')))} {escape(str(o.get('side')))} {escape(str(o.get('amount')))} "
             f"{escape(str(o.get('symbol')))} {escape(str(o.get('status')))}" + (" reduce-only" if o.get("reduce_only") else "")
             for o in orders)
+
+    async def _snapshot(self) -> tuple[dict | None, str]:
+        snapshot = await handlers.account(self.deps)
+        if snapshot is None or snapshot.get("at") is None:
+            return None, "No executor has read the account at BingX yet."
+        note = f"as of {escape(_time(snapshot['at']))}"
+        if not snapshot.get("reachable"):
+            note += f"; BingX did not answer since: {escape(str(snapshot.get('error')))}"
+        return snapshot, note
+
+    async def _positions(self, command: Command, args: list[str]) -> str:
+        snapshot, note = await self._snapshot()
+        if snapshot is None:
+            return note
+        positions = snapshot.get("positions") or []
+        if not positions:
+            return f"No open position ({note})."
+        return f"<b>Positions</b> ({note})\n" + "\n".join(
+            f"{escape(str(p['symbol']))} {escape(str(p['side']))} {escape(str(p['contracts']))}"
+            + (f" @ {escape(str(p['entry_price']))}" if p.get("entry_price") is not None else "") for p in positions)
+
+    async def _balance(self, command: Command, args: list[str]) -> str:
+        snapshot, note = await self._snapshot()
+        if snapshot is None:
+            return note
+        balance = snapshot.get("balance") or {}
+        return (f"<b>Balance</b> ({note})\nequity {escape(str(balance.get('equity')))} USDT, "
+                f"free margin {escape(str(balance.get('free')))} USDT")
 
     async def _help(self, command: Command, args: list[str]) -> str:
         return HELP

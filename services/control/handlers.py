@@ -329,7 +329,11 @@ async def status(deps: ControlDeps) -> dict:
     last_order = await deps.db.orders.find_one(
         {}, {"_id": 0, "signal_id": 1, "symbol": 1, "side": 1, "amount": 1, "status": 1, "order_id": 1, "placed_at": 1},
         sort=[("placed_at", DESCENDING)])
+    snapshot = await account(deps)
+    exchange = None if snapshot is None else {"reachable": snapshot.get("reachable"), "checked_at": snapshot.get("checked_at"),
+                                              "error": snapshot.get("error")}
     return {
+        "exchange": exchange,  # as the executor last found BingX (None: no executor has looked yet)
         "mode": state.mode.value if state else None,
         "version": state.version if state else 0,
         "set_by": state.actor if state else None,
@@ -355,3 +359,11 @@ async def recent_signals(deps: ControlDeps, limit: int = STATUS_RECENT) -> list[
         {}, {"_id": 1, "status": 1, "symbol": 1, "action": 1, "received_at": 1, "reason": 1, "token_name": 1, "strategy": 1},
         sort=[("received_at", DESCENDING)], limit=limit)
     return [{"signal_id": d.pop("_id"), **d} async for d in cursor]
+
+
+async def account(deps: ControlDeps) -> dict | None:
+    """The account's positions and balance as an executor last read them (`account_snapshot`), with when."""
+    document = await deps.db.account_snapshot.find_one({"_id": "bingx"})
+    if document is not None:
+        document.pop("_id")
+    return document

@@ -72,6 +72,10 @@ SPEC: dict = {
             "get": {"summary": "The latest orders", "parameters": _LIMIT, "responses": {"200": _json("Orders, newest first"),
                                                                                        "400": _ERROR, "401": _UNAUTHORIZED}},
         },
+        "/bot/account": {
+            "get": {"summary": "Positions and balance as an executor last read them at BingX, with when and whether it answered",
+                    "responses": {"200": _json("The snapshot"), "401": _UNAUTHORIZED, "404": _ERROR}},
+        },
         "/bot/signals/parked": {
             "get": {"summary": "Expired signals not yet replayed", "responses": {"200": _json("Parked signals"), "401": _UNAUTHORIZED}},
         },

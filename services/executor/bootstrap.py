@@ -21,6 +21,7 @@ from services.executor.handlers import (
     follow_resting_orders,
     resume_trips,
     send_pending_trips,
+    snapshot_account,
 )
 from services.executor.risk import RiskLimits
 from services.executor.settings import ExecutorSettings
@@ -123,6 +124,17 @@ async def _send_pending_trips(executor: Executor, every_s: float = 1.0) -> None:
             log.warning("pending trips not sent", extra={"error": f"{type(error).__name__}: {error}"[:300]})
 
 
+async def _snapshot_account(executor: Executor, every_s: float) -> None:
+    await executor.exchange_ready.wait()
+    while True:
+        try:
+            await snapshot_account(executor.deps)
+        except Exception as error:  # the database away: the next round writes it
+            raise_if_cancelling()
+            log.warning("account snapshot not kept", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+        await asyncio.sleep(every_s)
+
+
 async def _follow_resting_orders(executor: Executor, every_s: float) -> None:
     await executor.exchange_ready.wait()
     while True:
@@ -184,6 +196,7 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
 
         follower = asyncio.create_task(_follow_resting_orders(executor, settings.fill_poll_s))
         executor.tasks.add(follower)
+        executor.tasks.add(asyncio.create_task(_snapshot_account(executor, settings.account_snapshot_s)))
         await resume_trips(deps)  # before any signal: a trip nobody answered still holds after a restart
         executor.tasks.add(asyncio.create_task(_send_pending_trips(executor)))
 

@@ -227,6 +227,30 @@ async def follow_resting_orders(deps: ExecutorDeps) -> int:
     return ended
 
 
+ACCOUNT_SNAPSHOT_ID = "bingx"
+
+
+async def snapshot_account(deps: ExecutorDeps) -> bool:
+    """Keep the account's positions and balance in `account_snapshot` for the control service's /status,
+    /positions and /balance, which hold no BingX key: the answer says how old it is. A venue that does not answer
+    is recorded as unreachable, with the reason, keeping the last good figures. Returns whether the venue answered."""
+    now = utcnow()
+    try:
+        positions = await deps.exchange.all_positions()
+        balance = await deps.exchange.balance()
+    except (ExchangeUnavailable, OrderRejected) as error:
+        await deps.db.account_snapshot.update_one(
+            {"_id": ACCOUNT_SNAPSHOT_ID},
+            {"$set": {"reachable": False, "error": str(error)[:300], "checked_at": now, "by": deps.replica}}, upsert=True)
+        return False
+    await deps.db.account_snapshot.update_one({"_id": ACCOUNT_SNAPSHOT_ID}, {"$set": {
+        "reachable": True, "error": None, "checked_at": now, "at": now, "by": deps.replica,
+        "balance": {"free": balance.free, "equity": balance.equity},
+        "positions": [{"symbol": p.symbol, "side": p.side, "contracts": p.contracts, "entry_price": p.entry_price} for p in positions],
+    }}, upsert=True)
+    return True
+
+
 async def cancel_resting_entries(deps: ExecutorDeps, mode: KillSwitchMode) -> int:
     """Limit entries still resting at the venue must not fill once entries are off or trading is halted: cancel
     them. Closing orders and the stop-losses and take-profits that protect positions stay. Returns how many."""

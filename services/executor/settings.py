@@ -29,6 +29,7 @@ class ExecutorSettings(ServiceSettings):
     # This many venue failures in a row (unreachable, timing out, busy) turn entries off by themselves.
     fill_poll_s: float = Field(default=5.0, gt=0)  # how often resting limit orders are looked up for fills
     markets_refresh_s: float = Field(default=3600.0, gt=0)  # how often BingX's contract list is loaded again
+    account_snapshot_s: float = Field(default=10.0, gt=0)  # how often positions and balance are kept for /status, /positions
     executor_max_consecutive_failures: int = Field(default=5, ge=1, le=1000)
     # Risk limits, checked before every opening order; 0 turns one off.
     risk_max_leverage: int = Field(default=0, ge=0, le=150)

@@ -149,3 +149,42 @@ async def test_turning_trading_on_from_telegram_reports_the_backlog_and_needs_fo
 
 async def _mode_is(view, mode: KillSwitchMode) -> bool:
     return view.mode is mode
+
+
+async def test_positions_and_balance_come_from_the_executors_snapshot_with_its_age(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path):
+    from services.executor.bootstrap import build as build_executor
+    from services.executor.settings import ExecutorSettings
+    from tests.bingx_sim_support import make_ccxt, running_sim
+    from tests.integration.test_bingx_sim import admin
+
+    key, secret = "sim-key", "sim-secret-0123456789"
+    async with running_sim(api_key=key, api_secret=secret, balance="10000", prices={"BTC-USDT": "60000"}) as base_url:
+        venue = make_ccxt(base_url, key, secret, sandbox=False)
+        try:
+            await venue.load_markets()
+            await venue.create_order("BTC/USDT:USDT", "market", "buy", 0.01)
+            async with control_with_bot(amqp_url, mongo_uri, mongo_db_name, tmp_path) as (http, fake, client):
+                assert await say(fake, client, ADMIN, "/positions") == "No executor has read the account at BingX yet."
+                executor_settings = ExecutorSettings(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, bingx_api_key=key,
+                                                     bingx_api_secret=secret, bingx_base_url=base_url, account_snapshot_s=0.1)
+                async with build_executor(executor_settings):
+                    await wait_for(lambda: mongo_db.account_snapshot.find_one({"reachable": True}), what="the first snapshot")
+                    positions = await say(fake, client, ADMIN, "/positions")
+                    assert positions.startswith("Positions (as of ") and "\nBTC/USDT:USDT long 0.01 @ 60000" in positions
+                    balance = await say(fake, client, ADMIN, "/balance")
+                    assert balance.startswith("Balance (as of ") and "equity " in balance and "free margin " in balance
+                    status = await (await http.get("/status", headers=AUTH)).json()
+                    assert status["exchange"]["reachable"] is True and status["exchange"]["error"] is None
+                    account = await (await http.get("/bot/account", headers=AUTH)).json()
+                    assert account["positions"][0]["symbol"] == "BTC/USDT:USDT" and account["positions"][0]["side"] == "long"
+
+                    # BingX stops answering: the snapshot says so, and keeps the last figures it had.
+                    assert (await admin(base_url, "POST", "/_sim/faults", {"kind": "http", "status": 503}))[0] == 200
+                    await wait_for(lambda: mongo_db.account_snapshot.find_one({"reachable": False}), what="the venue to be seen away")
+                    status = await (await http.get("/status", headers=AUTH)).json()
+                    assert status["exchange"]["reachable"] is False and status["exchange"]["error"]
+                    away = await say(fake, client, ADMIN, "/positions")
+                    assert "BingX did not answer since:" in away and "BTC/USDT:USDT long 0.01" in away
+                    await admin(base_url, "DELETE", "/_sim/faults")
+        finally:
+            await venue.close()
