@@ -223,6 +223,17 @@ class SignalExpiredV1(Message):
     expired_at: datetime
 
 
+class RiskLimitsV1(BaseModel):
+    """Risk limits set through the control service, over the executor's RISK_* settings: None leaves a setting as it
+    is, 0 turns that limit off."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    max_leverage: int | None = Field(default=None, ge=0, le=150)
+    max_notional_usdt: WireDecimal | None = Field(default=None, ge=0)
+    max_orders_per_minute: int | None = Field(default=None, ge=0)
+    daily_loss_limit_usdt: WireDecimal | None = Field(default=None, ge=0)
+
+
 class KillSwitchChangedV1(Message):
     """One version of the kill-switch state. Readers keep the highest version they have seen."""
 
@@ -240,6 +251,8 @@ class KillSwitchChangedV1(Message):
     # The `flatten` action: halted from this version on, and an executor cancels every open order and closes every
     # position (FlattenedV1 tells how it went).
     flatten: bool = False
+    # The risk limits in force from this version on (each version carries them all, so the latest is enough).
+    risk_limits: RiskLimitsV1 | None = None
 
     @property
     def autotrade(self) -> bool:

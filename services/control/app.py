@@ -18,7 +18,7 @@ from services.control.commands import CommandTable
 from services.control.telegram import TelegramCommands
 from services.control.domain import InvalidChange, initial_mode, requested_mode
 from shared import mongo
-from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, Message
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, Message, RiskLimitsV1
 from shared.errors import ConfigurationError, PermanentError
 from shared.messaging import CONTROL_TRIPS, Consumer, PublishFailed
 from shared.runtime import raise_if_cancelling
@@ -37,6 +37,7 @@ class SettingsChange(BaseModel):
     mode: str | None = None
     reason: str = ""
     force: bool = False  # turn trading on even with signals waiting in the executor's queues
+    risk: RiskLimitsV1 | None = None  # limits over the executor's RISK_* settings; a null one goes back to its setting
 
 
 class ControlMetrics:
@@ -70,6 +71,7 @@ def state_body(state: KillSwitchChangedV1 | None) -> dict:
         "forced": state.forced,
         "backlog": state.backlog,
         "flatten": state.flatten,
+        "risk": state.risk_limits.model_dump(mode="json") if state.risk_limits else None,
     }
 
 
@@ -99,7 +101,11 @@ async def put_settings(request: web.Request) -> web.Response:
     metrics: ControlMetrics = request.app[METRICS_KEY]
     try:
         change = SettingsChange.model_validate_json(await request.read())
-        mode = requested_mode(change.autotrade, change.mode)
+        current = await handlers.current_state(control.deps)
+        if change.risk is not None and change.autotrade is None and change.mode is None and current is not None:
+            mode = current.mode  # only the limits change
+        else:
+            mode = requested_mode(change.autotrade, change.mode)
     except ValidationError as error:
         first = error.errors(include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -107,8 +113,9 @@ async def put_settings(request: web.Request) -> web.Response:
     except InvalidChange as error:
         return _error(400, str(error))
     try:
+        risk = handlers.merged_risk(current.risk_limits if current else None, change.risk) if change.risk is not None else None
         state = await handlers.set_mode(control.deps, mode, actor="api", reason=change.reason or "changed through the API",
-                                        force=change.force)
+                                        force=change.force, risk_limits=risk)
     except handlers.BacklogNotEmpty as error:
         metrics.requests.labels("/bot/settings", "backlog").inc()
         return _json({"status": "error", "reason": str(error), "backlog": error.backlog}, 409)

@@ -12,7 +12,7 @@ class InvalidChange(ValueError):
 def requested_mode(autotrade: bool | None, mode: str | None) -> KillSwitchMode:
     """`autotrade` true is `running`, false is `halted`; `mode` names a mode directly. Both must agree."""
     if autotrade is None and mode is None:
-        raise InvalidChange("give 'autotrade' (true or false) or 'mode' (running, entries_off, halted)")
+        raise InvalidChange("give 'autotrade' (true or false), 'mode' (running, entries_off, halted) or 'risk' (limits)")
     by_mode: KillSwitchMode | None = None
     if mode is not None:
         try:

@@ -13,7 +13,7 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, SignalReceivedV1, stricter, utcnow
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, RiskLimitsV1, SignalReceivedV1, stricter, utcnow
 from shared.killswitch import KillSwitchView
 from shared.messaging import CONTROL_STREAM, EVENTS_EXCHANGE, EXECUTOR_SHARDS, SIGNALS_EXCHANGE, Publisher, PublishFailed
 
@@ -109,7 +109,16 @@ async def executor_backlog(deps: ControlDeps) -> dict[str, int]:
         raise BacklogUnknown(f"the broker could not count the executor's queues: {type(error).__name__}") from error
 
 
-async def set_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, force: bool = False) -> KillSwitchChangedV1:
+def merged_risk(current: RiskLimitsV1 | None, change: RiskLimitsV1) -> RiskLimitsV1:
+    """The limits in force after a change that names some of them: a value sets one, null gives it back to the
+    executor's RISK_* setting, a limit not named stays as it is."""
+    values = (current or RiskLimitsV1()).model_dump()
+    values.update({name: getattr(change, name) for name in change.model_fields_set})
+    return RiskLimitsV1(**values)
+
+
+async def set_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, force: bool = False,
+                   risk_limits: RiskLimitsV1 | None = None) -> KillSwitchChangedV1:
     """A person's change, through REST or Telegram. Turning trading back on looks at the executor's backlog first and
     refuses while signals wait, unless `force`; a forced change is recorded as forced, with the backlog."""
     current = deps.view.state or await current_state(deps)
@@ -127,7 +136,7 @@ async def set_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reaso
     forced = bool(force and backlog_total != 0)  # unknown (None) or non-empty: the actor overrode the check
     if forced:
         reason = f"{reason} (forced with {backlog_total if backlog_total is not None else 'an unknown number of'} signals waiting)"
-    return await change_mode(deps, mode, actor=actor, reason=reason, forced=forced, backlog=backlog_total)
+    return await change_mode(deps, mode, actor=actor, reason=reason, forced=forced, backlog=backlog_total, risk_limits=risk_limits)
 
 
 FLATTEN_CONFIRM_S = 60
@@ -168,7 +177,7 @@ async def latest_flatten(deps: ControlDeps) -> dict | None:
 
 
 async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, forced: bool = False,
-                      backlog: int | None = None, flatten: bool = False) -> KillSwitchChangedV1:
+                      backlog: int | None = None, flatten: bool = False, risk_limits: RiskLimitsV1 | None = None) -> KillSwitchChangedV1:
     """Write the next version to Mongo (history kept), then distribute it to every service.
 
     Mongo first: if the broker then fails, the change is not lost; start-up republishes the latest version.
@@ -179,6 +188,8 @@ async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, re
     state = KillSwitchChangedV1(
         version=max(previous.version if previous else 0, seen) + 1, mode=mode, actor=actor, reason=reason, changed_at=utcnow(),
         forced=forced, backlog=backlog, flatten=flatten,
+        # Every version carries the risk limits in force: a change of mode keeps them.
+        risk_limits=risk_limits if risk_limits is not None else (previous.risk_limits if previous else None),
     )
     try:
         await deps.db.control_history.insert_one(state.model_dump(mode="python"))

@@ -38,7 +38,8 @@ SPEC: dict = {
                                "executor's queues, unless `force`.",
                 "requestBody": _body({"type": "object", "additionalProperties": False, "properties": {
                     "autotrade": {"type": "boolean"}, "mode": {"enum": ["running", "entries_off", "halted"]},
-                    "reason": {"type": "string"}, "force": {"type": "boolean", "default": False}}}),
+                    "reason": {"type": "string"}, "force": {"type": "boolean", "default": False},
+                    "risk": {"$ref": "#/components/schemas/RiskLimits"}}}),
                 "responses": {"200": _json("The new state", _STATE), "400": _ERROR, "401": _UNAUTHORIZED,
                               "409": _ERROR, "503": _ERROR},
             },
@@ -97,12 +98,21 @@ SPEC: dict = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
+            "RiskLimits": {
+                "type": "object",
+                "description": "Over the executor's RISK_* settings: a number sets a limit (0 turns it off), null gives it "
+                               "back to its setting, a limit not named stays as it is.",
+                "properties": {"max_leverage": {"type": ["integer", "null"], "minimum": 0, "maximum": 150},
+                               "max_notional_usdt": {"type": ["string", "number", "null"]},
+                               "max_orders_per_minute": {"type": ["integer", "null"], "minimum": 0},
+                               "daily_loss_limit_usdt": {"type": ["string", "number", "null"]}}},
             "Error": {"type": "object", "properties": {"status": {"const": "error"}, "reason": {"type": "string"}}},
             "KillSwitchState": {"type": "object", "properties": {
                 "autotrade": {"type": "boolean"}, "mode": {"enum": ["running", "entries_off", "halted", None]},
                 "version": {"type": "integer"}, "set_by": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
                 "changed_at": {"type": ["string", "null"], "format": "date-time"}, "forced": {"type": "boolean"},
-                "backlog": {"type": ["integer", "null"]}, "flatten": {"type": "boolean"}}},
+                "backlog": {"type": ["integer", "null"]}, "flatten": {"type": "boolean"},
+                "risk": {"oneOf": [{"$ref": "#/components/schemas/RiskLimits"}, {"type": "null"}]}}},
         },
     },
 }

@@ -542,7 +542,7 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     wanted_leverage = signal.leverage or deps.default_leverage(signal.symbol)
     wanted_margin_mode = signal.margin_mode or deps.default_margin_mode(signal.symbol)
     leverage = wanted_leverage or await exchange.leverage(signal.symbol, position_side)
-    limits = deps.risk
+    limits = deps.risk.over(deps.view.state.risk_limits if deps.view.state else None)
     risk.check_leverage(limits, leverage)
     await risk.check_order_rate(limits, deps.db, utcnow())
     reference = limit_price or await exchange.price(signal.symbol)

@@ -5,17 +5,22 @@ Closing orders are never refused by a limit: they only take risk away.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.executor.domain import CannotPlace
+from shared.contracts import RiskLimitsV1
 
 
 class LossLimitBreached(CannotPlace):
     """The day's loss reached its limit: this order is refused and entries are turned off for everyone."""
+
+
+SETTING_NAMES = {"max_leverage": "RISK_MAX_LEVERAGE", "max_notional_usdt": "RISK_MAX_NOTIONAL_USDT",
+                 "max_orders_per_minute": "RISK_MAX_ORDERS_PER_MINUTE", "daily_loss_limit_usdt": "RISK_DAILY_LOSS_LIMIT_USDT"}
 
 
 @dataclass(frozen=True)
@@ -24,11 +29,23 @@ class RiskLimits:
     max_notional_usdt: Decimal = Decimal(0)
     max_orders_per_minute: int = 0
     daily_loss_limit_usdt: Decimal = Decimal(0)
+    overridden: frozenset[str] = frozenset()  # the limits set through the control service, not by RISK_* settings
+
+    def source(self, name: str) -> str:
+        """Where a limit comes from, for the reason a refused order gives."""
+        return "set through the control service" if name in self.overridden else SETTING_NAMES[name]
+
+    def over(self, overrides: RiskLimitsV1 | None) -> RiskLimits:
+        """These settings with the control service's limits over them."""
+        if overrides is None:
+            return self
+        given = {name: value for name, value in overrides.model_dump().items() if value is not None and name in SETTING_NAMES}
+        return replace(self, **given, overridden=frozenset(given))
 
 
 def check_leverage(limits: RiskLimits, leverage: int) -> None:
     if limits.max_leverage and leverage > limits.max_leverage:
-        raise CannotPlace(f"leverage {leverage}x is over the limit of {limits.max_leverage}x (RISK_MAX_LEVERAGE)")
+        raise CannotPlace(f"leverage {leverage}x is over the limit of {limits.max_leverage}x ({limits.source('max_leverage')})")
 
 
 def check_notional(limits: RiskLimits, *, held: Decimal, amount: Decimal, price: Decimal, symbol: str) -> None:
@@ -38,7 +55,7 @@ def check_notional(limits: RiskLimits, *, held: Decimal, amount: Decimal, price:
     after = (held + amount) * price
     if after > limits.max_notional_usdt:
         raise CannotPlace(f"{symbol} would hold {after:.2f} USDT on this side, over the limit of "
-                          f"{limits.max_notional_usdt} USDT (RISK_MAX_NOTIONAL_USDT)")
+                          f"{limits.max_notional_usdt} USDT ({limits.source('max_notional_usdt')})")
 
 
 async def check_order_rate(limits: RiskLimits, db: AsyncDatabase, now: datetime) -> None:
@@ -52,7 +69,7 @@ async def check_order_rate(limits: RiskLimits, db: AsyncDatabase, now: datetime)
     )
     if recent >= limits.max_orders_per_minute:
         raise CannotPlace(f"{recent} opening orders in the last minute: the limit is {limits.max_orders_per_minute} "
-                          "(RISK_MAX_ORDERS_PER_MINUTE)")
+                          f"({limits.source('max_orders_per_minute')})")
 
 
 async def check_daily_loss(limits: RiskLimits, db: AsyncDatabase, equity: Decimal, now: datetime) -> None:
@@ -66,4 +83,4 @@ async def check_daily_loss(limits: RiskLimits, db: AsyncDatabase, equity: Decima
     loss = document["start_equity"] - equity
     if loss >= limits.daily_loss_limit_usdt:
         raise LossLimitBreached(f"today's loss of {loss:.2f} USDT reached the limit of {limits.daily_loss_limit_usdt} USDT "
-                                "(RISK_DAILY_LOSS_LIMIT_USDT): no new entries today")
+                                f"({limits.source('daily_loss_limit_usdt')}): no new entries today")
