@@ -58,6 +58,14 @@ async def distribute(deps: ControlDeps, state: KillSwitchChangedV1) -> None:
     message_id = f"killswitch-v{state.version}"
     await deps.publisher.publish(state, exchange="", routing_key=CONTROL_STREAM, message_id=message_id)
     deps.published_version = max(deps.published_version, state.version)
+    # A reader that joins later reads from offset `last`, which may hold only the last message: that must be the
+    # newest version. Two writers (control replicas, a republish racing a change) can publish out of order, so
+    # whoever published an older version publishes the newest after it.
+    latest = await current_state(deps)
+    if latest is not None and latest.version > state.version:
+        log.warning("an older kill-switch version went out after a newer one; publishing the newest again",
+                    extra={"published": state.version, "latest": latest.version})
+        await deps.publisher.publish(latest, exchange="", routing_key=CONTROL_STREAM, message_id=f"killswitch-v{latest.version}")
     try:
         await deps.publisher.publish(state, exchange=EVENTS_EXCHANGE, message_id=message_id)
     except PublishFailed as error:  # the services have the state; only the Telegram notice is late

@@ -339,3 +339,23 @@ async def test_the_openapi_description_names_every_route_and_only_those(amqp_url
     for path, methods in spec["paths"].items():
         for method, operation in methods.items():
             assert operation.get("summary") and operation.get("responses"), (method, path)
+
+
+async def test_a_late_reader_learns_the_newest_version_even_after_an_older_one_was_published_last(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from services.control import handlers
+
+    async with build(settings(amqp_url, mongo_uri, mongo_db_name)) as control:
+        first = await handlers.bootstrap_state(control.deps, KillSwitchMode.RUNNING)
+        halted = await handlers.change_mode(control.deps, KillSwitchMode.HALTED, actor="api", reason="incident")
+        # Another writer, late, publishes the version it had (a second control replica, a republish racing a change).
+        await handlers.distribute(control.deps, first)
+    async with stream_view(amqp_url) as view:  # reads from offset `last`
+        await wait_for(lambda: _known(view), what="the late reader to learn the state")
+        assert (view.state.version, view.mode) == (halted.version, KillSwitchMode.HALTED)
+        # And a stale version arriving now is ignored.
+        assert view.apply(first) is False and view.mode is KillSwitchMode.HALTED
+
+
+async def _known(view) -> bool:
+    return view.known.is_set()
