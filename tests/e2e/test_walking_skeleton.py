@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import orjson
 import pytest
@@ -94,9 +96,13 @@ async def test_an_alert_becomes_one_order_a_long_position_and_a_notification(sta
 
 
 async def test_with_autotrade_off_alerts_are_skipped_also_across_an_executor_restart(stack, venue, mongo_db):
+    started = time.perf_counter()
     state = await put_settings(stack, autotrade=False, reason="e2e: incident drill")
     assert state["autotrade"] is False and state["mode"] == "halted"
-    await wait_for(lambda: _mode_is(stack, "halted"), what="the executor to learn the halt")
+    await wait_for(lambda: _mode_is(stack, "halted"), interval=0.01, what="the executor to learn the halt")
+    took = time.perf_counter() - started
+    print(f"\nPUT /bot/settings to the executor process refusing: {took * 1000:.0f} ms")
+    assert took < 1.0  # issue 6: from the PUT to the executor refusing the next signal, under a second
 
     assert (await post_alert(stack, token=WEBHOOK_SECRET, id="off-1", symbol="BTCUSDT.P", action="buy", qty="0.01"))[0] == 200
     skipped = await wait_for(lambda: mongo_db.signals.find_one({"_id": "off-1", "status": "skipped"}), timeout=15, what="off-1 skipped")
