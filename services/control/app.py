@@ -58,6 +58,11 @@ def _error(status: int, reason: str) -> web.Response:
     return _json({"status": "error", "reason": reason}, status)
 
 
+def _invalid(error: ValidationError, what: str) -> web.Response:
+    first = error.errors(include_input=False)[0]
+    return _error(400, f"invalid {what} request: {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")
+
+
 def state_body(state: KillSwitchChangedV1 | None) -> dict:
     if state is None:
         return {"autotrade": False, "mode": None, "version": 0, "set_by": None, "reason": None, "changed_at": None}
@@ -107,9 +112,7 @@ async def put_settings(request: web.Request) -> web.Response:
         else:
             mode = requested_mode(change.autotrade, change.mode)
     except ValidationError as error:
-        first = error.errors(include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        return _error(400, f"invalid settings request: {where}: {first['msg']}")
+        return _invalid(error, "settings")
     except InvalidChange as error:
         return _error(400, str(error))
     try:
@@ -181,11 +184,6 @@ class FlattenRequest(BaseModel):
     confirm: str | None = None
 
 
-def _invalid(error: ValidationError, what: str) -> web.Response:
-    first = error.errors(include_input=False)[0]
-    return _error(400, f"invalid {what} request: {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")
-
-
 async def post_flatten(request: web.Request) -> web.Response:
     """POST /bot/flatten: the first call asks for a confirmation; the same call with `confirm` within 60 s flattens."""
     control = request.app[CONTROL_KEY]
@@ -245,8 +243,7 @@ async def post_replay(request: web.Request) -> web.Response:
     try:
         change = ReplayRequest.model_validate_json(raw) if raw.strip() else ReplayRequest()
     except ValidationError as error:
-        first = error.errors(include_input=False)[0]
-        return _error(400, f"invalid replay request: {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}")
+        return _invalid(error, "replay")
     try:
         replay = await handlers.replay_signal(control.deps, signal_id, actor="api", reason=change.reason or "replayed through the API")
     except handlers.ReplayRefused as error:
