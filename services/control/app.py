@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.control import handlers, openapi
 from services.control.bootstrap import Control
@@ -27,6 +27,7 @@ from shared.observability import tracing_middleware, Readiness, add_health_route
 log = logging.getLogger(__name__)
 
 CONTROL_KEY = web.AppKey("control", Control)
+REASON_MAX = 500  # a reason is echoed in /status, the history and Telegram
 METRICS_KEY = web.AppKey("control_metrics", object)
 TELEGRAM_KEY = web.AppKey("control_telegram", object)
 
@@ -35,7 +36,7 @@ class SettingsChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     autotrade: bool | None = None
     mode: str | None = None
-    reason: str = ""
+    reason: str = Field("", max_length=REASON_MAX)
     force: bool = False  # turn trading on even with signals waiting in the executor's queues
     risk: RiskLimitsV1 | None = None  # limits over the executor's RISK_* settings; a null one goes back to its setting
 
@@ -118,7 +119,7 @@ async def put_settings(request: web.Request) -> web.Response:
     try:
         risk = handlers.merged_risk(current.risk_limits if current else None, change.risk) if change.risk is not None else None
         state = await handlers.set_mode(control.deps, mode, actor="api", reason=change.reason or "changed through the API",
-                                        force=change.force, risk_limits=risk)
+                                        force=change.force, risk_limits=risk, expected_version=current.version if current else 0)
     except handlers.BacklogNotEmpty as error:
         metrics.requests.labels("/bot/settings", "backlog").inc()
         return _json({"status": "error", "reason": str(error), "backlog": error.backlog}, 409)
@@ -180,7 +181,7 @@ def _limit(request: web.Request) -> int:
 
 class FlattenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = ""
+    reason: str = Field("", max_length=REASON_MAX)
     confirm: str | None = None
 
 
@@ -225,7 +226,7 @@ async def get_flatten(request: web.Request) -> web.Response:
 
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = ""
+    reason: str = Field("", max_length=REASON_MAX)
 
 
 async def get_parked(request: web.Request) -> web.Response:
@@ -277,8 +278,10 @@ async def _keep_telegram(bot: TelegramCommands) -> None:
         try:
             await bot.start()
             return
-        except ConfigurationError:
-            raise  # a bad token or api id: said once in the log, and retrying would not help
+        except ConfigurationError as error:
+            # A bad token or api id: retrying would not help. REST goes on; say it loudly, once.
+            log.error("telegram control bot not started: %s", error)
+            return
         except Exception as error:
             raise_if_cancelling()
             log.warning("telegram control bot not connected yet", extra={"error": type(error).__name__, "retry_in_s": delay})

@@ -126,10 +126,12 @@ def merged_risk(current: RiskLimitsV1 | None, change: RiskLimitsV1) -> RiskLimit
 
 
 async def set_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, force: bool = False,
-                   risk_limits: RiskLimitsV1 | None = None) -> KillSwitchChangedV1:
+                   risk_limits: RiskLimitsV1 | None = None, expected_version: int | None = None) -> KillSwitchChangedV1:
     """A person's change, through REST or Telegram. Turning trading back on looks at the executor's backlog first and
     refuses while signals wait, unless `force`; a forced change is recorded as forced, with the backlog."""
-    current = deps.view.state or await current_state(deps)
+    current = await current_state(deps)
+    if expected_version is None:
+        expected_version = current.version if current else 0
     backlog_total = None
     if mode is KillSwitchMode.RUNNING and (current is None or current.mode is not KillSwitchMode.RUNNING):
         try:
@@ -144,7 +146,8 @@ async def set_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reaso
     forced = bool(force and backlog_total != 0)  # unknown (None) or non-empty: the actor overrode the check
     if forced:
         reason = f"{reason} (forced with {backlog_total if backlog_total is not None else 'an unknown number of'} signals waiting)"
-    return await change_mode(deps, mode, actor=actor, reason=reason, forced=forced, backlog=backlog_total, risk_limits=risk_limits)
+    return await change_mode(deps, mode, actor=actor, reason=reason, forced=forced, backlog=backlog_total, risk_limits=risk_limits,
+                             expected_version=expected_version)
 
 
 FLATTEN_CONFIRM_S = 60
@@ -177,7 +180,11 @@ async def confirm_flatten(deps: ControlDeps, code: str, *, actor: str) -> KillSw
             await deps.db.control_confirmations.delete_one({"_id": document["_id"]})).deleted_count:
         raise ConfirmationRefused("no such flatten confirmation waits (it expired after 60 s, was used, or was asked "
                                   "by someone else): ask again")
-    return await change_mode(deps, KillSwitchMode.HALTED, actor=actor, reason=f"flatten: {document['reason']}", flatten=True)
+    try:
+        return await change_mode(deps, KillSwitchMode.HALTED, actor=actor, reason=f"flatten: {document['reason']}", flatten=True)
+    except ConcurrentChange:
+        await deps.db.control_confirmations.insert_one(document)  # not used up: the same code may be sent again
+        raise
 
 
 async def latest_flatten(deps: ControlDeps) -> dict | None:
@@ -185,12 +192,16 @@ async def latest_flatten(deps: ControlDeps) -> dict | None:
 
 
 async def change_mode(deps: ControlDeps, mode: KillSwitchMode, *, actor: str, reason: str, forced: bool = False,
-                      backlog: int | None = None, flatten: bool = False, risk_limits: RiskLimitsV1 | None = None) -> KillSwitchChangedV1:
+                      backlog: int | None = None, flatten: bool = False, risk_limits: RiskLimitsV1 | None = None,
+                      expected_version: int | None = None) -> KillSwitchChangedV1:
     """Write the next version to Mongo (history kept), then distribute it to every service.
 
     Mongo first: if the broker then fails, the change is not lost; start-up republishes the latest version.
     """
     previous = await current_state(deps)
+    if expected_version is not None and (previous.version if previous else 0) != expected_version:
+        # Decided on a state that is no longer the latest (a halt or a trip came meanwhile): never undo it unseen.
+        raise ConcurrentChange("the kill switch changed while this request was decided; read the state and try again")
     # Readers ignore any version at or below the highest they have seen: never number below the stream's.
     seen = deps.view.state.version if deps.view.state else 0
     state = KillSwitchChangedV1(

@@ -50,7 +50,8 @@ class TelegramCommands:
             await client.disconnect()
             raise ConfigurationError(rejected)  # outside the except: Telethon's error carries the login request
         # Every incoming command; who sent it is checked by the table, so a stranger is logged too.
-        client.add_event_handler(self._on_message, events.NewMessage(incoming=True, pattern=r"^/"))
+        # Private chats only: an answer (positions, a flatten code) must not be posted to a whole group.
+        client.add_event_handler(self._on_message, events.NewMessage(incoming=True, pattern=r"^/", func=lambda e: e.is_private))
         self.client = client
         log.info("telegram control bot listening for commands")
 

@@ -24,6 +24,7 @@ from services.executor.handlers import (
     snapshot_account,
 )
 from services.executor.risk import RiskLimits
+from services.executor.shards import replica_name
 from services.executor.settings import ExecutorSettings
 from shared import messaging
 from shared.bootstrap import open_infrastructure
@@ -42,6 +43,7 @@ class Executor:
     registry: CollectorRegistry
     exchange_ready: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    flattening: set[int] = field(default_factory=set)  # kill-switch versions whose flatten this process has taken up
 
 
 async def _start_exchange(exchange: BingxExchange, ready: asyncio.Event, refresh_s: float) -> None:
@@ -72,7 +74,9 @@ def _on_mode(executor: Executor, state: KillSwitchChangedV1 | None) -> None:
     if state is None or state.mode is KillSwitchMode.RUNNING:
         return
     jobs = [_cancel_resting_entries(executor, state.mode)]
-    if state.flatten:
+    if state.flatten and state.version not in executor.flattening:
+        # Once per version in this process: the state is confirmed again after a reconnect.
+        executor.flattening.add(state.version)
         jobs.append(_flatten(executor, state))
     for job in jobs:
         task = asyncio.get_running_loop().create_task(job)
@@ -182,7 +186,8 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
                                             max_orders_per_minute=settings.risk_max_orders_per_minute,
                                             daily_loss_limit_usdt=settings.risk_daily_loss_limit_usdt),
                             default_leverage=lambda symbol: settings.default_for(settings.symbol_leverage, symbol),
-                            default_margin_mode=lambda symbol: settings.default_for(settings.symbol_margin_mode, symbol))
+                            default_margin_mode=lambda symbol: settings.default_for(settings.symbol_margin_mode, symbol),
+                            replica=replica_name())
         executor = Executor(settings=settings, deps=deps, connection=connection, registry=registry)
         view.on_change(lambda state: _on_mode(executor, state))
 

@@ -43,7 +43,7 @@ async def consuming(executor: Executor, *, replica: str | None = None) -> AsyncI
         await executor.exchange_ready.wait()
 
     # prefetch 1 on each shard, whose single active consumer is its owner: one account+symbol runs in order.
-    shards = ShardConsumers(executor.connection, executor.deps.db, handle, replica=replica,
+    shards = ShardConsumers(executor.connection, executor.deps.db, handle, replica=replica or executor.deps.replica or None,
                             on_change=executor.deps.metrics.show_shards)
     executor.deps.replica = shards.replica
     runner = asyncio.create_task(shards.run(known))

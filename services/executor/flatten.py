@@ -26,7 +26,19 @@ log = logging.getLogger(__name__)
 FLATTEN_TAKEOVER_S = 60.0
 
 
+class Superseded(Exception):
+    """A newer kill-switch version came while flattening: someone decided again, so the rest is not done."""
+
+
+def _check_current(deps: ExecutorDeps, state: KillSwitchChangedV1) -> None:
+    current = deps.view.state
+    if current is not None and current.version > state.version:
+        raise Superseded(f"stopped: version {current.version} ({current.mode.value}, by {current.actor}) came meanwhile")
+
+
 async def _claim(deps: ExecutorDeps, state: KillSwitchChangedV1) -> bool:
+    if not deps.replica:
+        raise RuntimeError("a replica without a name cannot claim a flatten")
     now = utcnow()
     try:
         await deps.db.flatten_runs.insert_one({"_id": state.version, "status": "running", "by": deps.replica, "started_at": now,
@@ -66,30 +78,50 @@ async def flatten(deps: ExecutorDeps, state: KillSwitchChangedV1) -> FlattenedV1
     closed: list[FlattenedPosition] = []
     cancelled: list[str] = []
     positions = await exchange.all_positions()
-    # Orders first: a resting entry must not fill while its position is being closed.
-    for symbol in sorted({p.symbol for p in positions} | await exchange.symbols_with_open_orders()):
-        try:
-            await exchange.cancel_all_orders(symbol)
-            cancelled.append(symbol)
-        except (ExchangeUnavailable, OrderRejected) as error:
-            errors.append(f"{symbol}: open orders not cancelled: {error}")
-    for symbol in sorted({p.symbol for p in positions}):
-        held = {p.side: p.contracts for p in positions if p.symbol == symbol}
-        plans = domain.flat_plans(held)
-        if isinstance(plans, domain.NothingToDo):
-            continue
-        for plan in plans:
-            side = "long" if plan.side == "sell" else "short"
-            client_id = domain.client_order_id(f"flatten-v{state.version}:{symbol}:{side}")
+    try:
+        # Orders first: a resting entry must not fill while its position is being closed.
+        for symbol in sorted({p.symbol for p in positions} | await exchange.symbols_with_open_orders()):
+            _check_current(deps, state)  # trading turned back on: leave the new orders and their protection alone
             try:
-                try:
-                    placed = await exchange.create_order(symbol, plan.side, plan.amount, client_order_id=client_id, reduce_only=True)
-                except AlreadyPlaced:
-                    placed = await exchange.find_order(symbol, client_id)
-                closed.append(FlattenedPosition(symbol=symbol, side=side, amount=plan.amount,  # type: ignore[arg-type]
-                                                order_id=placed.order_id if placed else None))
+                await exchange.cancel_all_orders(symbol)
+                cancelled.append(symbol)
             except (ExchangeUnavailable, OrderRejected) as error:
-                errors.append(f"{symbol} {side}: not closed: {error}")
+                errors.append(f"{symbol}: open orders not cancelled: {error}")
+        for symbol in sorted({p.symbol for p in positions}):
+            held = {p.side: p.contracts for p in positions if p.symbol == symbol}
+            plans = domain.flat_plans(held)
+            if isinstance(plans, domain.NothingToDo):
+                continue
+            for plan in plans:
+                _check_current(deps, state)
+                await _close(deps, state, symbol, plan, closed, errors)
+    except Superseded as stop:
+        errors.append(str(stop))
+        log.warning("flatten stopped: a newer kill-switch version came", extra={"version": state.version})
+    return await _report(deps, state, closed, cancelled, errors)
+
+
+async def _close(deps: ExecutorDeps, state: KillSwitchChangedV1, symbol: str, plan: domain.OrderPlan,
+                 closed: list[FlattenedPosition], errors: list[str]) -> None:
+    """One side of one symbol, reduce-only at market, under a client order id fixed per version, symbol and side."""
+    exchange = deps.exchange
+    side = "long" if plan.side == "sell" else "short"
+    client_id = domain.client_order_id(f"flatten-v{state.version}:{symbol}:{side}")
+    try:
+        try:
+            placed = await exchange.create_order(symbol, plan.side, plan.amount, client_order_id=client_id, reduce_only=True)
+        except AlreadyPlaced:
+            placed = await exchange.find_order(symbol, client_id)
+        closed.append(FlattenedPosition(symbol=symbol, side=side, amount=plan.amount,  # type: ignore[arg-type]
+                                        order_id=placed.order_id if placed else None))
+    except (ExchangeUnavailable, OrderRejected) as error:
+        errors.append(f"{symbol} {side}: not closed: {error}")
+
+
+async def _report(deps: ExecutorDeps, state: KillSwitchChangedV1, closed: list[FlattenedPosition], cancelled: list[str],
+                  errors: list[str]) -> FlattenedV1:
+    """What is left at the venue, recorded with what was done, and told (FlattenedV1)."""
+    exchange = deps.exchange
     try:
         remaining = [_held(p) for p in await exchange.all_positions()]
         left_orders = await exchange.symbols_with_open_orders()

@@ -359,3 +359,18 @@ async def test_a_late_reader_learns_the_newest_version_even_after_an_older_one_w
 
 async def _known(view) -> bool:
     return view.known.is_set()
+
+
+async def test_a_change_decided_on_an_older_state_is_refused_not_undoing_a_halt(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from services.control import handlers
+
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client:
+        # A risk-only change read v1 (running); a halt lands before it is written: it must not put running back.
+        async with build(settings(amqp_url, mongo_uri, mongo_db_name)) as other:
+            await handlers.change_mode(other.deps, KillSwitchMode.HALTED, actor="telegram:1", reason="incident")
+            with pytest.raises(handlers.ConcurrentChange):
+                await handlers.set_mode(other.deps, KillSwitchMode.RUNNING, actor="api", reason="risk only", expected_version=1)
+        state = await (await client.get("/bot/settings", headers=AUTH)).json()
+        assert (state["mode"], state["version"]) == ("halted", 2)
+        long = await client.put("/bot/settings", json={"autotrade": False, "reason": "x" * 501}, headers=AUTH)
+        assert long.status == 400 and "reason" in (await long.json())["reason"]

@@ -99,16 +99,16 @@ async def test_a_stranger_and_a_stale_command_change_nothing_and_get_no_answer(
         fake.incoming(client, STRANGER, "/autotrade off")
         fake.incoming(client, ADMIN, "/autotrade off", date=utcnow() - datetime.timedelta(minutes=2))
         assert (await say(fake, client, ADMIN, "/autotrade status")).startswith("Mode running, version 1")
-        assert (await mode_now(http))["mode"] == "running" and (await mode_now(http))["version"] == 1
-        assert [m for m in fake.sent if m.chat_id == STRANGER] == []
-        assert len([m for m in fake.sent if m.chat_id == ADMIN]) == 1  # the status answer only
 
         async def both_logged() -> bool:
             messages = {r.getMessage() for r in caplog.records}
             return {"telegram command refused: the sender is not an admin", "telegram command dropped: too old to run"} <= messages
 
         await wait_for(both_logged, what="the refusal and the drop to be logged")
-        assert (await mode_now(http))["version"] == 1
+        # Both handled (logged), and neither changed anything nor got an answer.
+        assert (await mode_now(http))["mode"] == "running" and (await mode_now(http))["version"] == 1
+        assert [m for m in fake.sent if m.chat_id == STRANGER] == []
+        assert len([m for m in fake.sent if m.chat_id == ADMIN]) == 1  # the status answer only
 
 
 async def test_flatten_from_telegram_needs_the_confirmation_it_was_given(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path):
@@ -188,3 +188,26 @@ async def test_positions_and_balance_come_from_the_executors_snapshot_with_its_a
                     await admin(base_url, "DELETE", "/_sim/faults")
         finally:
             await venue.close()
+
+
+async def test_a_bot_token_telegram_refuses_is_logged_and_rest_still_works(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path, caplog):
+    fake = FakeTelegram(bot_token="7000000002:AAHanother-bot-token-not-this-one_0123", chats=[ADMIN])
+
+    def client_factory(*args, **kwargs) -> TelegramClient:
+        client = TelegramClient(*args, **kwargs)
+        fake.install(client)
+        return client
+
+    config = settings(amqp_url, mongo_uri, mongo_db_name, telegram_api_id=TEST_API_ID, telegram_api_hash=TEST_API_HASH,
+                      telegram_bot_token=TEST_BOT_TOKEN, telegram_admin_ids=str(ADMIN),
+                      telegram_control_session_path=str(tmp_path / "control.session"))
+    async with build(config) as control:
+        async with TestClient(TestServer(create_app(control, telegram_client_factory=client_factory))) as http:
+            async def logged() -> bool:
+                return any(r.getMessage().startswith("telegram control bot not started: Telegram rejected the bot token")
+                           for r in caplog.records)
+
+            await wait_for(logged, what="the refused token to be logged")
+            assert (await (await http.get("/readyz")).json())["telegram"] is False
+            assert (await http.put("/bot/settings", json={"autotrade": False}, headers=AUTH)).status == 200
+    assert not any(TEST_BOT_TOKEN in r.getMessage() or TEST_BOT_TOKEN.split(":")[1] in str(r.__dict__) for r in caplog.records)

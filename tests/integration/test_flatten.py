@@ -120,3 +120,38 @@ async def test_a_flatten_superseded_before_it_ran_is_not_run(amqp_url, mongo_uri
                 assert await mongo_db.flatten_runs.count_documents({}) == 0
         finally:
             await venue.close()
+
+
+async def test_a_flatten_stops_when_trading_is_turned_back_on_midway(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from datetime import timedelta
+
+    from services.executor.flatten import flatten
+    from shared.contracts import KillSwitchChangedV1, utcnow
+
+    async with running_sim(api_key=KEY, api_secret=SECRET, balance="10000", prices={"BTC-USDT": "60000", "ETH-USDT": "3000"}) as base_url:
+        venue = make_ccxt(base_url, KEY, SECRET, sandbox=False)
+        executor_settings = ExecutorSettings(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name,
+                                             bingx_api_key=KEY, bingx_api_secret=SECRET, bingx_base_url=base_url)
+        try:
+            async with build_executor(executor_settings) as executor:
+                await venue.load_markets()
+                await venue.create_order(BTC, "market", "buy", 0.01)
+                await venue.create_order(ETH, "market", "sell", 0.1)
+                state = KillSwitchChangedV1(version=5, mode=KillSwitchMode.HALTED, actor="api", reason="flatten: x",
+                                            changed_at=utcnow() - timedelta(seconds=1), flatten=True)
+                executor.deps.view.apply(state)
+                await executor.exchange_ready.wait()
+                cancel = executor.deps.exchange.cancel_all_orders
+
+                async def cancel_then_turn_on(symbol: str) -> None:
+                    await cancel(symbol)
+                    # Someone turns trading back on while the flatten is under way.
+                    executor.deps.view.apply(state.model_copy(update={"version": 6, "mode": KillSwitchMode.RUNNING, "flatten": False}))
+
+                executor.deps.exchange.cancel_all_orders = cancel_then_turn_on
+                result = await flatten(executor.deps, state)
+                assert result is not None and result.complete is False and result.closed == ()
+                assert result.errors[0].startswith("stopped: version 6 (running, by api) came meanwhile")
+                assert sorted(await open_positions(venue)) == [(BTC, "long", 0.01), (ETH, "short", 0.1)]  # nothing closed
+        finally:
+            await venue.close()
