@@ -23,6 +23,7 @@ class Notifier:
     connection: AbstractRobustConnection
     registry: CollectorRegistry
     killswitch: KillSwitchView
+    dispatcher: object | None = None  # services/notifier/dispatch.py, while consuming
 
 
 def default_messenger(settings: NotifierSettings) -> Messenger:

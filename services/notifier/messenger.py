@@ -32,8 +32,9 @@ class Messenger(Protocol):
 
     async def start(self) -> None: ...
 
-    async def send(self, chat_id: int, html: str) -> None:
-        """Deliver one HTML message (at most 4,096 characters after parsing) or raise DeliveryDelayed/DeliveryFailed."""
+    async def send(self, chat_id: int, html: str, *, silent: bool = False) -> None:
+        """Deliver one HTML message (at most 4,096 characters after parsing), without a sound when `silent`, or
+        raise DeliveryDelayed/DeliveryFailed."""
 
     async def close(self) -> None: ...
 
@@ -49,9 +50,9 @@ class LogMessenger:
     async def start(self) -> None:
         return None
 
-    async def send(self, chat_id: int, html: str) -> None:
+    async def send(self, chat_id: int, html: str, *, silent: bool = False) -> None:
         self.sent.append((chat_id, html))
-        log.info("notification", extra={"chat_id": chat_id, "text": html})
+        log.info("notification", extra={"chat_id": chat_id, "text": html, "silent": silent})
 
     async def close(self) -> None:
         return None

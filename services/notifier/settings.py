@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import ServiceSettings, parse_ids
@@ -16,7 +16,32 @@ class NotifierSettings(ServiceSettings):
     telegram_bot_token: SecretStr | None = None
     telegram_chat_ids: Annotated[tuple[int, ...], NoDecode] = ()
     telegram_session_path: str = "notifier.session"
+    # Per event kind: on, silent or off (`skipped=silent,placed=off`); kinds not named are on; a SEV1 trip always is.
+    notify_events: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     notifier_port: int = 9103
+
+    @field_validator("notify_events", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> dict[str, str]:
+        from services.notifier.dispatch import KINDS, Route
+
+        if isinstance(value, dict):
+            pairs = {str(k): str(v) for k, v in value.items()}
+        else:
+            pairs = {}
+            for part in str(value or "").split(","):
+                if not part.strip():
+                    continue
+                kind, sep, route = part.partition("=")
+                if not sep:
+                    raise ValueError(f"{part.strip()[:32]!r} must look like kind=on|silent|off")
+                pairs[kind.strip().lower()] = route.strip().lower()
+        for kind, route in pairs.items():
+            if kind not in KINDS:
+                raise ValueError(f"unknown event kind {kind[:32]!r} (one of {', '.join(KINDS)})")
+            if route not in {r.value for r in Route}:
+                raise ValueError(f"{kind}={route[:16]!r}: must be on, silent or off")
+        return pairs
 
     @field_validator("telegram_chat_ids", mode="before")
     @classmethod

@@ -75,12 +75,12 @@ class TelethonMessenger:
         self._client = client
         log.info("telegram bot logged in", extra={"bot_id": me.id, "bot_username": me.username})
 
-    async def send(self, chat_id: int, html: str) -> None:
+    async def send(self, chat_id: int, html: str, *, silent: bool = False) -> None:
         if self._client is None:
             raise RuntimeError("TelethonMessenger.send() called before start()")
         try:
             await asyncio.wait_for(
-                self._client.send_message(chat_id, html, parse_mode="html", link_preview=False),
+                self._client.send_message(chat_id, html, parse_mode="html", link_preview=False, silent=silent),
                 timeout=self._send_timeout,
             )
         except (errors.RPCError, OSError, asyncio.TimeoutError, ValueError) as e:

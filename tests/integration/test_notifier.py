@@ -26,7 +26,7 @@ class RecordingMessenger:
     async def start(self) -> None:
         return None
 
-    async def send(self, chat_id: int, html: str) -> None:
+    async def send(self, chat_id: int, html: str, *, silent: bool = False) -> None:
         if chat_id in self.unknown_chats:
             raise DeliveryFailed("PEER_ID_INVALID: the chat is unknown to the bot")
         self.sent.append((chat_id, html))
@@ -36,8 +36,8 @@ class RecordingMessenger:
 
 
 @contextlib.asynccontextmanager
-async def notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111, 222)):
-    config = NotifierSettings(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, telegram_chat_ids=list(chat_ids))
+async def notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111, 222), **extra):
+    config = NotifierSettings(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, telegram_chat_ids=list(chat_ids), **extra)
     connection = await messaging.connect(amqp_url, "test-events")
     try:
         publisher = await messaging.Publisher.open(connection)

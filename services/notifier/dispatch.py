@@ -1,0 +1,300 @@
+"""Events to chats within Telegram's limits: per-chat queues, token buckets, digests, flood waits, each event once.
+
+An event is rendered and queued for each of its chats at once, in the order the broker delivered it; its message is
+acked only when every chat has it (sent, or refused for good), so while Telegram is away events wait, unacked, in
+the notifier's queue and go out in order when it is back. Each chat has one sender. It sends when the buckets allow:
+1 message/s per chat, 20/min for a group or channel, 25/s overall (Telegram's unofficial bot limits). What piled up
+meanwhile goes out as one digest, one line per event, split into messages of at most 4,096 characters on line
+breaks: a burst is coalesced, never dropped. A flood wait (`DeliveryDelayed.retry_after`) pauses that chat for as
+long as Telegram asked. Each (event, chat) is recorded in `notifications`; one already sent is not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from html import escape
+
+from pymongo import UpdateOne
+
+from services.notifier.format import render
+from services.notifier.handlers import LOG_CHAT, NotifierDeps
+from services.notifier.messenger import DeliveryDelayed, DeliveryFailed
+from shared.contracts import KillSwitchTripV1, Message, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 4096
+PER_CHAT = (1.0, 1.0)  # messages per second, burst
+PER_GROUP = (20 / 60, 3.0)  # a group or channel (negative id): 20 a minute
+OVERALL = (25.0, 25.0)
+MAX_DIGEST_EVENTS = 500  # per digest; what is left waits for the next one
+
+
+class Route(StrEnum):
+    ON = "on"
+    SILENT = "silent"  # delivered without a sound
+    OFF = "off"
+
+
+# Event kinds as NOTIFY_EVENTS names them.
+KINDS = {"placed": "OrderPlacedV1", "filled": "OrderFilledV1", "failed": "OrderFailedV1", "skipped": "SignalSkippedV1",
+         "expired": "SignalExpiredV1", "drift": "PositionDriftV1", "killswitch": "KillSwitchChangedV1",
+         "trip": "KillSwitchTripV1", "flatten": "FlattenedV1"}
+
+
+def route_of(event: Message, routes: dict[str, Route]) -> Route:
+    """How an event goes out; a SEV1 trip always goes, with its sound."""
+    if isinstance(event, KillSwitchTripV1) and event.severity == "SEV1":
+        return Route.ON
+    for kind, type_name in KINDS.items():
+        if type_name == event.TYPE:
+            return routes.get(kind, Route.ON)
+    return Route.ON
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.updated = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there (0: now)."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1
+
+
+@dataclass(eq=False)
+class _Tracker:
+    """One event across its chats: resolved when none is left."""
+
+    left: int
+    done: asyncio.Future
+
+
+@dataclass(eq=False)
+class _Item:
+    event_id: str
+    signal_id: str | None
+    type: str
+    text: str
+    silent: bool
+    tracker: _Tracker
+
+
+@dataclass
+class _Chat:
+    chat_id: int
+    bucket: TokenBucket
+    group: TokenBucket | None
+    items: deque[_Item] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
+    """At most `limit` characters each, cut on line breaks; a line longer than that at a space, never inside a tag."""
+    chunks: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while len(line) > limit:
+            cut = max(line.rfind(" ", 0, limit), 0) or limit
+            if line.rfind("<", 0, cut) > line.rfind(">", 0, cut):  # would split a tag: cut before it
+                cut = line.rfind("<", 0, cut) or cut
+            head, line = line[:cut], line[cut:].lstrip(" ")
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(head)
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = candidate
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# In a digest these keep their whole text (the reason is the point); the rest get one line each.
+WHOLE_IN_DIGEST = {"OrderFailedV1", "KillSwitchTripV1", "KillSwitchChangedV1", "PositionDriftV1", "FlattenedV1", "SignalExpiredV1"}
+
+
+def digest_entry(item: "_Item", room: int) -> str:
+    """An event in a digest: its whole text when it matters and fits, else the first line of its message, which
+    names what happened, with its signal."""
+    if item.type in WHOLE_IN_DIGEST and len(item.text) <= room:
+        return item.text
+    first = item.text.split("\n", 1)[0]
+    line = f"{first} · <code>{escape(item.signal_id)}</code>" if item.signal_id else first
+    return line if len(line) <= room else escape(re.sub(r"<[^>]+>", "", first))[:room]
+
+
+class Dispatcher:
+    def __init__(self, deps: NotifierDeps, *, routes: dict[str, str] | None = None, per_chat: tuple[float, float] = PER_CHAT,
+                 per_group: tuple[float, float] = PER_GROUP, overall: tuple[float, float] = OVERALL) -> None:
+        self.deps = deps
+        self.routes = {kind: Route(route) for kind, route in (routes or {}).items()}
+        self._per_chat, self._per_group = per_chat, per_group
+        self._overall = TokenBucket(*overall)
+        self._chats: dict[int, _Chat] = {}
+
+    def submit(self, event: Message, event_id: str) -> asyncio.Future | None:
+        """Queue an event for its chats, now, in arrival order; the future resolves once every chat has it."""
+        text = render(event)
+        route = route_of(event, self.routes)
+        if text is None or route is Route.OFF:
+            return None
+        chats = self.deps.chat_ids or (LOG_CHAT,)
+        tracker = _Tracker(len(chats), asyncio.get_running_loop().create_future())
+        for chat_id in chats:
+            chat = self._chat(chat_id)
+            chat.items.append(_Item(event_id, getattr(event, "signal_id", None), event.TYPE, text, route is Route.SILENT, tracker))
+            chat.wake.set()
+        self.deps.metrics.queued.inc(len(chats))
+        return tracker.done
+
+    async def close(self) -> None:
+        """Stop sending; events not yet told go back to the queue (their handlers are cancelled, so unacked)."""
+        tasks = [chat.task for chat in self._chats.values() if chat.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for chat in self._chats.values():
+            for item in chat.items:
+                if not item.tracker.done.done():
+                    item.tracker.done.cancel()
+            chat.items.clear()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(chat.items) for chat in self._chats.values())
+
+    def _chat(self, chat_id: int) -> _Chat:
+        chat = self._chats.get(chat_id)
+        if chat is None:
+            chat = _Chat(chat_id, TokenBucket(*self._per_chat), TokenBucket(*self._per_group) if chat_id < 0 else None)
+            self._chats[chat_id] = chat
+            chat.task = asyncio.get_running_loop().create_task(self._run(chat), name=f"notify-{chat_id}")
+        return chat
+
+    async def _token(self, chat: _Chat) -> None:
+        while True:
+            now = time.monotonic()
+            wait = max(chat.bucket.wait(now), chat.group.wait(now) if chat.group else 0.0, self._overall.wait(now))
+            if wait <= 0:
+                chat.bucket.take(now)
+                if chat.group:
+                    chat.group.take(now)
+                self._overall.take(now)
+                return
+            await asyncio.sleep(wait)
+
+    async def _run(self, chat: _Chat) -> None:
+        while True:
+            await chat.wake.wait()
+            chat.wake.clear()
+            while chat.items:
+                await self._token(chat)
+                try:
+                    await self._send_some(chat)
+                except asyncio.CancelledError:
+                    raise
+                except DeliveryDelayed as error:
+                    self.deps.metrics.notifications.labels("delayed").inc()
+                    log.warning("telegram asked to wait; this chat's notifications wait in order",
+                                extra={"chat_id": chat.chat_id, "retry_in_s": error.retry_after, "reason": error.reason})
+                    await asyncio.sleep(max(error.retry_after, 0.1))
+                except Exception as error:  # the database away: the items stay, tried again shortly
+                    log.warning("notifications not recorded yet; trying again",
+                                extra={"chat_id": chat.chat_id, "error": f"{type(error).__name__}: {error}"[:300]})
+                    await asyncio.sleep(1.0)
+
+    async def _send_some(self, chat: _Chat) -> None:
+        """Send what is queued for the chat: alone when it is one event, else a digest. On DeliveryDelayed what was
+        not sent stays at the front of the queue."""
+        batch = [chat.items[i] for i in range(min(len(chat.items), MAX_DIGEST_EVENTS))]
+        # Each (event, chat) once: sent before (a redelivery), or twice in this batch.
+        sent_before = {d["event_id"] async for d in self.deps.db.notifications.find(
+            {"chat_id": chat.chat_id, "event_id": {"$in": list({i.event_id for i in batch})}, "sent": True}, {"event_id": 1})}
+        fresh: list[_Item] = []
+        twins: list[_Item] = []
+        seen: set[str] = set()
+        for item in batch:
+            if item.event_id in sent_before or item.event_id in seen:
+                twins.append(item)
+                continue
+            seen.add(item.event_id)
+            fresh.append(item)
+        if twins:
+            self.deps.metrics.notifications.labels("duplicate").inc(len(twins))
+        # The first message of a round uses the token already taken; each further one waits for its own.
+        for number, (part, text, silent) in enumerate(self._messages(fresh) if fresh else []):
+            if number:
+                await self._token(chat)
+            record = {"chat_id": chat.chat_id, "messenger": self.deps.messenger.name, "at": utcnow(),
+                      "digest": len(fresh) if len(fresh) > 1 else None}
+            try:
+                await self.deps.messenger.send(chat.chat_id, text, silent=silent)
+            except DeliveryFailed as error:
+                self.deps.metrics.notifications.labels("failed").inc(len(part))
+                log.error("notification failed", extra={"chat_id": chat.chat_id, "reason": error.reason, "events": len(part)})
+                await self._record(part, {**record, "sent": False, "error": error.reason})
+            else:
+                self.deps.metrics.notifications.labels("sent").inc(len(part))
+                await self._record(part, {**record, "sent": True, "error": None})
+            self._finish(chat, part)
+        self._finish(chat, twins)  # their event's outcome is recorded now
+
+    def _messages(self, items: list[_Item]) -> list[tuple[list[_Item], str, bool]]:
+        """The messages to send, each with the events it completes and whether it goes silently: one event's own
+        text (split if long; the event counts as told with its last part), or digest lines of whole events."""
+        if len(items) == 1:
+            chunks = split_message(items[0].text)
+            return [(items if n == len(chunks) - 1 else [], chunk, items[0].silent) for n, chunk in enumerate(chunks)]
+        title = f"📋 <b>{len(items)} events</b> while messages were held back (Telegram's limits)"
+        messages: list[tuple[list[_Item], str, bool]] = []
+        part: list[_Item] = []
+        text = title
+        for item in items:
+            line = digest_entry(item, MAX_MESSAGE - len(title) - 20)
+            if len(text) + 1 + len(line) > MAX_MESSAGE:
+                messages.append((part, text, all(i.silent for i in part)))
+                part, text = [], f"{title} (continued)"
+            part.append(item)
+            text = f"{text}\n{line}"
+        messages.append((part, text, all(i.silent for i in part)))
+        self.deps.metrics.digests.inc()
+        return messages
+
+    def _finish(self, chat: _Chat, done: list[_Item]) -> None:
+        for item in done:
+            try:
+                chat.items.remove(item)
+            except ValueError:
+                continue
+            item.tracker.left -= 1
+            if item.tracker.left == 0 and not item.tracker.done.done():
+                item.tracker.done.set_result(None)
+
+    async def _record(self, items: list[_Item], fields: dict) -> None:
+        operations = [UpdateOne({"event_id": item.event_id, "chat_id": fields["chat_id"]},
+                                {"$set": {**fields, "signal_id": item.signal_id, "type": item.type}}, upsert=True)
+                      for item in items]
+        if operations:
+            await self.deps.db.notifications.bulk_write(operations, ordered=False)

@@ -1,0 +1,137 @@
+"""The notifier within Telegram's limits, on a real broker and database: bursts as digests, flood waits, routing."""
+
+from __future__ import annotations
+
+import re
+import time
+from decimal import Decimal
+
+from services.notifier.messenger import DeliveryDelayed
+from shared import messaging
+from shared.contracts import Action, KillSwitchMode, KillSwitchTripV1, OrderFailedV1, SignalSkippedV1, utcnow
+from tests.integration.test_notifier import notifier, placed
+from tests.support import wait_for
+from tests.telegram_fake import fake_messenger
+
+
+class TimedMessenger:
+    """Records each message with when it was sent; `down` makes every send a delay, as when Telegram is away."""
+
+    name = "timed"
+
+    def __init__(self, delays: list[float] | None = None) -> None:
+        self.sent: list[tuple[int, str, bool, float]] = []
+        self.attempts: list[float] = []
+        self.delays = list(delays or [])  # the next sends answer DeliveryDelayed(retry_after=each)
+        self.down = False
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, chat_id: int, html: str, *, silent: bool = False) -> None:
+        self.attempts.append(time.monotonic())
+        if self.down:
+            raise DeliveryDelayed("Telegram unreachable", retry_after=0.2)
+        if self.delays:
+            raise DeliveryDelayed("FLOOD_WAIT", retry_after=self.delays.pop(0))
+        self.sent.append((chat_id, html, silent, time.monotonic()))
+
+    async def close(self) -> None:
+        return None
+
+
+async def sent_count(mongo_db, n: int) -> bool:
+    return await mongo_db.notifications.count_documents({"sent": True}) >= n
+
+
+async def test_a_burst_of_500_events_reaches_the_chat_within_its_limit_and_loses_none(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    messenger = TimedMessenger()
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111,)) as publisher:
+        started = time.monotonic()
+        for n in range(500):
+            await publisher.publish(placed(f"b-{n:03d}"), exchange=messaging.EVENTS_EXCHANGE, message_id=f"b-{n:03d}:OrderPlacedV1")
+        published_in = time.monotonic() - started
+        await wait_for(lambda: sent_count(mongo_db, 500), timeout=60, interval=0.2, what="every event to be told")
+    print(f"\n500 events published in {published_in:.2f}s, told in {len(messenger.sent)} messages "
+          f"over {messenger.sent[-1][3] - started:.1f}s")
+    times = [at for _, _, _, at in messenger.sent]
+    assert all(later - earlier >= 0.95 for earlier, later in zip(times, times[1:]))  # 1 message/s to the chat
+    assert all(len(text) <= 4096 for _, text, _, _ in messenger.sent)
+    told = re.findall(r"<code>(b-\d{3})</code>", "\n".join(text for _, text, _, _ in messenger.sent))
+    assert sorted(told) == [f"b-{n:03d}" for n in range(500)]  # every event, once
+    assert len(messenger.sent) <= 15 and "📋 <b>" in messenger.sent[1][1]  # coalesced into digests
+    records = await mongo_db.notifications.find({"sent": True}).to_list(None)
+    assert len(records) == 500 and len({r["event_id"] for r in records}) == 500
+
+
+async def test_a_flood_wait_holds_the_chat_for_as_long_as_telegram_asked(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    messenger = TimedMessenger(delays=[1.5])
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111,)) as publisher:
+        await publisher.publish(placed("f-1"), exchange=messaging.EVENTS_EXCHANGE, message_id="f-1:OrderPlacedV1")
+        await wait_for(lambda: sent_count(mongo_db, 1), timeout=10, what="the event after the flood wait")
+    assert len(messenger.sent) == 1 and messenger.sent[0][3] - messenger.attempts[0] >= 1.5
+
+
+async def test_each_kind_goes_on_silent_or_off_as_configured_and_a_sev1_always_goes(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    def skipped(signal_id: str) -> SignalSkippedV1:
+        return SignalSkippedV1(signal_id=signal_id, account="default", symbol="BTC/USDT:USDT", action=Action.BUY,
+                               reason="trading is halted", mode=KillSwitchMode.HALTED, skipped_at=utcnow())
+
+    def trip(severity: str) -> KillSwitchTripV1:
+        return KillSwitchTripV1(trip_id=severity, mode=KillSwitchMode.HALTED, reason=f"{severity} reason", actor="executor",
+                                severity=severity, tripped_at=utcnow())
+
+    messenger = TimedMessenger()
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111,),
+                        notify_events="placed=off,skipped=silent,trip=off") as publisher:
+        events = [("p", placed("k-0")), ("s", skipped("k-1")), ("t1", trip("SEV1")), ("t2", trip("SEV2")), ("s2", skipped("k-2"))]
+        for message_id, event in events:
+            await publisher.publish(event, exchange=messaging.EVENTS_EXCHANGE, message_id=message_id)
+        # The last one goes: once it is recorded, everything before it was handled (one chat, in order).
+        await wait_for(lambda: mongo_db.notifications.find_one({"event_id": "s2", "sent": True}), timeout=10, what="the last event")
+    told = "\n".join(text for _, text, _, _ in messenger.sent)
+    assert "SEV1 reason" in told and "k-1" in told and "k-2" in told
+    assert "SEV2 reason" not in told and "k-0" not in told  # off: not told, not recorded
+    assert sorted(r["event_id"] for r in await mongo_db.notifications.find({}).to_list(None)) == ["s", "s2", "t1"]
+    assert [silent for _, text, silent, _ in messenger.sent if "SEV1" in text] == [False]
+    assert all(silent for _, text, silent, _ in messenger.sent if "SEV1" not in text)  # skipped: silent
+
+
+async def test_while_telegram_is_away_events_wait_in_the_queue_and_go_out_in_order_after_a_restart(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    away = TimedMessenger()
+    away.down = True
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, away, chat_ids=(111,)) as publisher:
+        for n in range(3):
+            await publisher.publish(placed(f"w-{n}"), exchange=messaging.EVENTS_EXCHANGE, message_id=f"w-{n}:OrderPlacedV1")
+        await wait_for(lambda: _tried(away, 3), what="a few tries while Telegram is away")
+    assert away.sent == [] and await mongo_db.notifications.count_documents({"sent": True}) == 0
+    back = TimedMessenger()  # the notifier restarted, Telegram back: nothing was lost, nothing was acked meanwhile
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, back, chat_ids=(111,)):
+        await wait_for(lambda: sent_count(mongo_db, 3), timeout=15, what="the held events")
+    told = re.findall(r"<code>(w-\d)</code>", "\n".join(text for _, text, _, _ in back.sent))
+    assert told == ["w-0", "w-1", "w-2"]
+
+
+async def _tried(messenger: TimedMessenger, n: int) -> bool:
+    return len(messenger.attempts) >= n
+
+
+async def test_through_telethon_a_flood_wait_above_the_threshold_and_a_long_message_are_handled(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path):
+    # The real Telethon client (the notifier starts and stops it) over a fake Telegram at its network layer.
+    messenger, fake = await fake_messenger(tmp_path, chats=[111], flood_sleep_threshold=1, start=False)
+    fake.fail_next("FLOOD_WAIT_2")  # above the threshold: Telethon raises, the notifier waits it out itself
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111,)) as publisher:
+        long_reason = " ".join(f"word{n}" for n in range(2000))  # about 14,000 characters
+        failed = OrderFailedV1(signal_id="long-1", account="default", symbol="ETH/USDT:USDT", action="buy",
+                               reason=long_reason, error_type="Rejected", failed_at=utcnow())
+        started = time.monotonic()
+        await publisher.publish(failed, exchange=messaging.EVENTS_EXCHANGE, message_id="long-1:OrderFailedV1")
+        await wait_for(lambda: sent_count(mongo_db, 1), timeout=20, what="the long message after the flood wait")
+        took = time.monotonic() - started
+    assert took >= 2.0  # Telegram's FLOOD_WAIT_2, waited out
+    # Split on Telegram's limit, in order, nothing lost: MESSAGE_TOO_LONG (which the fake enforces) never reached.
+    assert len(fake.sent) >= 4 and all(len(m.text) <= 4096 for m in fake.sent)
+    words = re.findall(r"word\d+", " ".join(m.text for m in fake.sent))
+    assert words == [f"word{n}" for n in range(2000)]
