@@ -135,3 +135,38 @@ async def test_through_telethon_a_flood_wait_above_the_threshold_and_a_long_mess
     assert len(fake.sent) >= 4 and all(len(m.text) <= 4096 for m in fake.sent)
     words = re.findall(r"word\d+", " ".join(m.text for m in fake.sent))
     assert words == [f"word{n}" for n in range(2000)]
+
+
+async def test_with_telegram_down_orders_keep_going_and_their_events_wait_in_the_notifiers_queue(
+        broker_vhost, mongo_uri, mongo_db_name, mongo_db, venue):
+    from statistics import median
+
+    from tests.integration.test_executor import harness
+    from tests.support import queue_info
+
+    vhost, amqp_url = broker_vhost
+    away = TimedMessenger()
+    away.down = True
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _), \
+            notifier(amqp_url, mongo_uri, mongo_db_name, away, chat_ids=(111,)):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signals = []
+        for n in range(10):
+            action = "buy" if n % 2 == 0 else "sell"
+            signals.append(await h.send(qty=Decimal("0.01"), action=action))
+            await h.settled(signals[-1])  # one after the other, as a strategy's alerts come
+        documents = [await mongo_db.signals.find_one({"_id": s.signal_id}) for s in signals]
+        assert [d["status"] for d in documents] == ["placed"] * 10
+        latencies = [(d["updated_at"] - d["received_at"]).total_seconds() for d in documents]
+        print(f"\nwith Telegram down: alert to recorded order, median {median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
+        assert max(latencies) < 1.0  # the executor never waits on the notifier
+
+        async def held() -> bool:  # the broker's figures refresh every few seconds
+            info = queue_info(vhost, "notifier.events")
+            return info.get("messages_unacknowledged", 0) + info.get("messages_ready", 0) >= 10
+
+        await wait_for(held, timeout=20, interval=0.5, what="the events to wait in notifier.events")
+        assert away.sent == [] and await mongo_db.notifications.count_documents({"sent": True}) == 0
+
+
+from tests.integration.test_executor import venue  # noqa: E402,F401 - a fixture
