@@ -208,6 +208,20 @@ class SignalSkippedV1(Message):
     skipped_at: datetime
 
 
+class SignalRejectedV1(Message):
+    """An alert with a valid token that the ingress refused (malformed, outside the token's scope, an id reused):
+    TradingView shows the trader nothing of the answer, so Telegram tells them why."""
+
+    TYPE: ClassVar[str] = "SignalRejectedV1"
+    ROUTING_KEY: ClassVar[str] = "signal.rejected.v1"
+
+    token_name: str
+    status: int
+    reason: str
+    format: str | None = None
+    rejected_at: datetime
+
+
 class SignalExpiredV1(Message):
     """A signal older than its max lag: recorded, reported and parked for an operator's replay."""
 
@@ -325,7 +339,7 @@ class FlattenedV1(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (SignalReceivedV1, SignalBatchV1, OrderPlacedV1, OrderFilledV1, OrderFailedV1, SignalSkippedV1, SignalExpiredV1, KillSwitchChangedV1,
-                KillSwitchTripV1, PositionDriftV1, FlattenedV1)
+                KillSwitchTripV1, PositionDriftV1, FlattenedV1, SignalRejectedV1)
 }
 
 

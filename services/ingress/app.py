@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,7 +23,7 @@ from services.ingress.formats import UnreadableBody, parse_body
 from services.ingress.guards import client_address, source_allowed
 from shared import mongo
 from shared.killswitch import expose_mode
-from shared.contracts import utcnow
+from shared.contracts import SignalRejectedV1, utcnow
 from shared.observability import LATENCY_BUCKETS, Readiness, add_health_routes, bound_signal, tracing_middleware
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ INGRESS_KEY = web.AppKey("ingress", Ingress)
 METRICS_KEY = web.AppKey("ingress_metrics", object)
 MAX_BODY_BYTES = 64 * 1024
 ANSWER_WITHIN_S = 2.5  # TradingView cancels at 3 s
+# Refusals of an alert whose token was valid: the trader's own alert is wrong, and only Telegram can tell them.
+TOLD_TO_TRADER = {"invalid", "forbidden", "conflict"}
 RESULTS = ("accepted", "duplicate", "invalid", "unauthorized", "forbidden", "rate_limited", "too_large", "timeout",
            "conflict", "unavailable", "error")
 
@@ -82,6 +85,12 @@ class Exchange:
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
     def refuse(self, status: int, result: str, reason: str) -> web.Response:
+        ingress: Ingress = self.request.app[INGRESS_KEY]
+        if self.token_name is not None and result in TOLD_TO_TRADER and ingress.rejections is not None:
+            # Once per distinct alert: TradingView's resends of the same text carry the same message id.
+            ingress.rejections.tell(
+                SignalRejectedV1(token_name=self.token_name, status=status, reason=reason, format=self.format, rejected_at=utcnow()),
+                message_id=f"rejected:{self.fingerprint or self.signal_id or uuid.uuid4().hex}:{status}")
         return self.answer(status, result, {"status": "rejected", "reason": reason}, reason=reason)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractRobustConnection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.ingress.durable import GroupCommit
+from services.ingress.durable import GroupCommit, RejectionNotices
 from services.ingress.guards import RateLimiter
 from services.ingress.settings import IngressSettings
 from services.ingress.store import Outbox, RecentSignals, Recorder
@@ -34,6 +34,7 @@ class Ingress:
     inflight: dict[str, asyncio.Future] = field(default_factory=dict)
     # Shown, not obeyed: the ingress accepts alerts whatever the mode; the executor records them skipped.
     killswitch: KillSwitchView = field(default_factory=KillSwitchView)
+    rejections: RejectionNotices | None = None  # set in build(): refusals told to the trader through the notifier
 
 
 async def _stop(task: asyncio.Task) -> None:
@@ -58,6 +59,8 @@ async def build(settings: IngressSettings) -> AsyncIterator[Ingress]:
             token_limiter=RateLimiter(settings.webhook_rate_limit_per_token),
             ip_limiter=RateLimiter(settings.webhook_rate_limit_per_ip),
         )
+        ingress.rejections = RejectionNotices(publisher)
+        stack.push_async_callback(ingress.rejections.close)
         view, reader = await follow(infra.connection)
         stack.push_async_callback(reader.stop)
         ingress.killswitch = view

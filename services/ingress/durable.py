@@ -25,8 +25,8 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 
 from services.ingress.store import Outbox
-from shared.contracts import SignalBatchV1, SignalReceivedV1
-from shared.messaging import SIGNALS_EXCHANGE, PublishFailed, Publisher
+from shared.contracts import SignalBatchV1, SignalReceivedV1, SignalRejectedV1
+from shared.messaging import EVENTS_EXCHANGE, SIGNALS_EXCHANGE, PublishFailed, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +159,36 @@ def _settle(entry: _Entry, outcome: str | Exception) -> None:
         entry.outcome.set_exception(Unavailable(str(outcome)))
     else:
         entry.outcome.set_result(outcome)
+
+
+class RejectionNotices:
+    """Tells the trader, through the notifier, why an alert with a valid token was refused (TradingView shows them
+    nothing of the answer). Never in the answer's way: each notice is published in the background, at most
+    `max_pending` at once (the rest are counted as dropped; the request record and the log keep every refusal)."""
+
+    def __init__(self, publisher: Publisher, *, max_pending: int = 1000, timeout_s: float = 5.0) -> None:
+        self._publisher = publisher
+        self._max_pending = max_pending
+        self._timeout = timeout_s
+        self._tasks: set[asyncio.Task] = set()
+        self.dropped = 0
+
+    def tell(self, notice: SignalRejectedV1, message_id: str) -> None:
+        if len(self._tasks) >= self._max_pending:
+            self.dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._publish(notice, message_id), context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, notice: SignalRejectedV1, message_id: str) -> None:
+        try:
+            await self._publisher.publish(notice, exchange=EVENTS_EXCHANGE, message_id=message_id, timeout=self._timeout)
+        except PublishFailed as error:
+            self.dropped += 1
+            log.warning("rejection not told to the notifier", extra={"error": str(error)[:200]})
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -45,7 +45,7 @@ class Route(StrEnum):
 # Event kinds as NOTIFY_EVENTS names them.
 KINDS = {"placed": "OrderPlacedV1", "filled": "OrderFilledV1", "failed": "OrderFailedV1", "skipped": "SignalSkippedV1",
          "expired": "SignalExpiredV1", "drift": "PositionDriftV1", "killswitch": "KillSwitchChangedV1",
-         "trip": "KillSwitchTripV1", "flatten": "FlattenedV1"}
+         "trip": "KillSwitchTripV1", "flatten": "FlattenedV1", "rejected": "SignalRejectedV1"}
 
 
 def route_of(event: Message, routes: dict[str, Route]) -> Route:
@@ -132,7 +132,7 @@ def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
 
 
 # In a digest these keep their whole text (the reason is the point); the rest get one line each.
-WHOLE_IN_DIGEST = {"OrderFailedV1", "KillSwitchTripV1", "KillSwitchChangedV1", "PositionDriftV1", "FlattenedV1", "SignalExpiredV1"}
+WHOLE_IN_DIGEST = {"SignalRejectedV1", "OrderFailedV1", "KillSwitchTripV1", "KillSwitchChangedV1", "PositionDriftV1", "FlattenedV1", "SignalExpiredV1"}
 
 
 def digest_entry(item: "_Item", room: int) -> str:

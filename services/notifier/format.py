@@ -15,6 +15,7 @@ from shared.contracts import (
     OrderFilledV1,
     OrderPlacedV1,
     SignalExpiredV1,
+    SignalRejectedV1,
     SignalSkippedV1,
 )
 
@@ -68,6 +69,11 @@ def render(event: Message) -> str | None:
             f"⌛ <b>Signal expired</b> {escape(event.action.value)} {escape(event.symbol)}\n"
             f"{event.age_s:.1f}s old, max lag {event.max_lag_s:.0f}s; parked for replay\nsignal <code>{_ref(event.signal_id)}</code>\n"
             f"to run it now: <code>POST /bot/signals/{escape(event.signal_id)}/replay</code>"
+        )
+    if isinstance(event, SignalRejectedV1):
+        return (
+            f"🚫 <b>Alert refused</b> (token {escape(event.token_name)}, HTTP {event.status})\n{escape(event.reason)}\n"
+            "TradingView shows nothing of this: correct the alert's message"
         )
     if isinstance(event, KillSwitchChangedV1):
         return (

@@ -251,3 +251,44 @@ async def test_a_resend_after_a_503_carries_the_same_signal_id_so_it_can_never_t
                 await db.client.close()
     finally:
         private.stop()
+
+
+async def test_a_refused_alert_with_a_valid_token_is_told_to_the_trader_once_and_a_stranger_s_is_not(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from shared import messaging
+    from shared.contracts import decode
+
+    connection = await messaging.connect(amqp_url, "test-events")
+    told: list = []
+    try:
+        channel = await connection.channel()
+        await messaging.declare_topology(channel)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(messaging.EVENTS_EXCHANGE, routing_key="signal.rejected.v1")
+
+        async def keep(message) -> None:
+            told.append((message.message_id, decode(message.type, message.body)))
+            await message.ack()
+
+        await queue.consume(keep)
+        bad = orjson.dumps({"token": SECRET, "symbol": "{{ticker}}", "action": "buy", "qty": 1})
+        async with ingress_client(amqp_url, mongo_uri, mongo_db_name) as client:
+            for _ in range(2):  # TradingView resends the same text
+                response = await client.post("/webhook/tradingview", data=bad)
+                assert response.status == 400
+            assert (await client.post("/webhook/tradingview", data=orjson.dumps({"token": "wrong", "action": "buy"}))).status == 401
+            await wait_for(lambda: _at_least(told, 2), what="the two notices")
+            # The stranger's refusal was answered before these arrived; a notice for it would come in order with them.
+            marker = orjson.dumps({"token": SECRET, "symbol": "BTCUSDT", "action": "dance", "qty": 1})
+            assert (await client.post("/webhook/tradingview", data=marker)).status == 400
+            await wait_for(lambda: _at_least(told, 3), what="the marker's notice")
+        [(first_id, notice), (second_id, _), (_, marker_notice)] = told
+        assert "dance" in marker_notice.reason
+    finally:
+        await connection.close()
+    assert first_id == second_id  # one message id: the notifier tells it once
+    assert notice.token_name == "main" and notice.status == 400 and "{{ticker}}" in notice.reason and notice.format == "native"
+
+
+async def _at_least(items: list, n: int) -> bool:
+    return len(items) >= n

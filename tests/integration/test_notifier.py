@@ -152,3 +152,14 @@ def test_a_flatten_tells_what_it_closed_and_what_is_left():
                        errors=("ETH/USDT:USDT short: not closed: <busy>",))
     assert render(left) == ("🧹 <b>Flatten INCOMPLETE: check BingX</b> (v8, by 42)\nstill open ETH/USDT:USDT short 0.1\n"
                             "ETH/USDT:USDT short: not closed: &lt;busy&gt;\ntrading stays halted")
+
+
+def test_a_refused_alert_is_told_with_its_reason_escaped():
+    from services.notifier.format import render
+    from shared.contracts import SignalRejectedV1
+
+    notice = SignalRejectedV1(token_name="main", status=400, reason="'symbol' holds an unfilled placeholder ({{ticker}}) <x>",
+                              format="json", rejected_at=utcnow())
+    assert render(notice) == ("🚫 <b>Alert refused</b> (token main, HTTP 400)\n"
+                              "&#x27;symbol&#x27; holds an unfilled placeholder ({{ticker}}) &lt;x&gt;\n"
+                              "TradingView shows nothing of this: correct the alert's message")
