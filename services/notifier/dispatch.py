@@ -12,15 +12,17 @@ long as Telegram asked. Each (event, chat) is recorded in `notifications`; one a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from html import escape
+from html import escape, unescape
 
 from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
 
 from services.notifier.format import render
 from services.notifier.handlers import LOG_CHAT, NotifierDeps
@@ -31,8 +33,9 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4096
 PER_CHAT = (1.0, 1.0)  # messages per second, burst
-PER_GROUP = (20 / 60, 3.0)  # a group or channel (negative id): 20 a minute
-OVERALL = (25.0, 25.0)
+PER_GROUP = (20 / 60, 1.0)  # a group or channel (negative id): 20 a minute
+OVERALL = (25.0, 5.0)
+GIVE_UP_AFTER = 3  # an event whose sending fails for an unexpected reason this many times in a row is recorded failed
 MAX_DIGEST_EVENTS = 500  # per digest; what is left waits for the next one
 
 
@@ -94,6 +97,8 @@ class _Item:
     text: str
     silent: bool
     tracker: _Tracker
+    parts_sent: int = 0  # of a long message split in parts: a flood wait midway resumes after these
+    failures: int = 0  # unexpected failures in a row
 
 
 @dataclass
@@ -107,19 +112,17 @@ class _Chat:
 
 
 def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
-    """At most `limit` characters each, cut on line breaks; a line longer than that at a space, never inside a tag."""
+    """At most `limit` characters each, cut on line breaks. A line longer than that (a long reason) goes as plain
+    text cut at spaces, so no cut lands inside a tag, between a tag and its end, or inside an entity."""
     chunks: list[str] = []
     current = ""
     for line in text.split("\n"):
-        while len(line) > limit:
-            cut = max(line.rfind(" ", 0, limit), 0) or limit
-            if line.rfind("<", 0, cut) > line.rfind(">", 0, cut):  # would split a tag: cut before it
-                cut = line.rfind("<", 0, cut) or cut
-            head, line = line[:cut], line[cut:].lstrip(" ")
+        if len(line) > limit:
             if current:
                 chunks.append(current)
                 current = ""
-            chunks.append(head)
+            chunks.extend(_plain_pieces(line, limit))
+            continue
         candidate = f"{current}\n{line}" if current else line
         if len(candidate) > limit:
             chunks.append(current)
@@ -131,18 +134,45 @@ def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
     return chunks
 
 
+def _plain_pieces(line: str, limit: int) -> list[str]:
+    plain = unescape(_TAGS.sub("", line))
+    pieces: list[str] = []
+    while plain:
+        size = limit
+        while True:  # escaping lengthens the text: shrink the cut until the escaped piece fits
+            cut = size if len(plain) <= size else (plain.rfind(" ", 0, size) if plain.rfind(" ", 0, size) > 0 else size)
+            piece = escape(plain[:cut], quote=False)
+            if len(piece) <= limit:
+                break
+            size = max(size // 2, 1)
+        pieces.append(piece)
+        plain = plain[cut:].lstrip(" ")
+    return pieces
+
+
+_TAGS = re.compile(r"<[^>]+>")
+
+
 # In a digest these keep their whole text (the reason is the point); the rest get one line each.
-WHOLE_IN_DIGEST = {"SignalRejectedV1", "OrderFailedV1", "KillSwitchTripV1", "KillSwitchChangedV1", "PositionDriftV1", "FlattenedV1", "SignalExpiredV1"}
+WHOLE_IN_DIGEST = {"SignalRejectedV1", "SignalSkippedV1", "OrderFailedV1", "KillSwitchTripV1", "KillSwitchChangedV1",
+                   "PositionDriftV1", "FlattenedV1", "SignalExpiredV1"}
 
 
 def digest_entry(item: "_Item", room: int) -> str:
-    """An event in a digest: its whole text when it matters and fits, else the first line of its message, which
-    names what happened, with its signal."""
-    if item.type in WHOLE_IN_DIGEST and len(item.text) <= room:
-        return item.text
-    first = item.text.split("\n", 1)[0]
+    """An event in a digest: its text, whole lines only, as much as fits in `room` when it matters; else the first
+    line of its message, which names what happened, with its signal."""
+    lines = item.text.split("\n")
+    if item.type in WHOLE_IN_DIGEST:
+        kept: list[str] = []
+        for line in lines:
+            if len("\n".join([*kept, line])) > room:
+                break
+            kept.append(line)
+        if kept:
+            return "\n".join(kept)
+    first = lines[0]
     line = f"{first} · <code>{escape(item.signal_id)}</code>" if item.signal_id else first
-    return line if len(line) <= room else escape(re.sub(r"<[^>]+>", "", first))[:room]
+    return line if len(line) <= room else _plain_pieces(first, room)[0]
 
 
 class Dispatcher:
@@ -153,9 +183,14 @@ class Dispatcher:
         self._per_chat, self._per_group = per_chat, per_group
         self._overall = TokenBucket(*overall)
         self._chats: dict[int, _Chat] = {}
+        self._closing = False
 
     def submit(self, event: Message, event_id: str) -> asyncio.Future | None:
         """Queue an event for its chats, now, in arrival order; the future resolves once every chat has it."""
+        if self._closing:  # the handler gets a cancelled future: the event goes back to the queue
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            return cancelled
         text = render(event)
         route = route_of(event, self.routes)
         if text is None or route is Route.OFF:
@@ -171,6 +206,7 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Stop sending; events not yet told go back to the queue (their handlers are cancelled, so unacked)."""
+        self._closing = True
         tasks = [chat.task for chat in self._chats.values() if chat.task is not None]
         for task in tasks:
             task.cancel()
@@ -190,6 +226,9 @@ class Dispatcher:
         if chat is None:
             chat = _Chat(chat_id, TokenBucket(*self._per_chat), TokenBucket(*self._per_group) if chat_id < 0 else None)
             self._chats[chat_id] = chat
+        if chat.task is None or chat.task.done():  # a sender that died (a bug) is started again
+            if chat.task is not None and not chat.task.cancelled() and chat.task.exception() is not None:
+                log.error("a chat's sender stopped; starting it again", exc_info=chat.task.exception())
             chat.task = asyncio.get_running_loop().create_task(self._run(chat), name=f"notify-{chat_id}")
         return chat
 
@@ -220,60 +259,116 @@ class Dispatcher:
                     log.warning("telegram asked to wait; this chat's notifications wait in order",
                                 extra={"chat_id": chat.chat_id, "retry_in_s": error.retry_after, "reason": error.reason})
                     await asyncio.sleep(max(error.retry_after, 0.1))
-                except Exception as error:  # the database away: the items stay, tried again shortly
-                    log.warning("notifications not recorded yet; trying again",
+                except PyMongoError as error:  # the database away: the items stay, in order, tried again shortly
+                    log.warning("notifications not handled yet: the database did not answer",
                                 extra={"chat_id": chat.chat_id, "error": f"{type(error).__name__}: {error}"[:300]})
+                    await asyncio.sleep(1.0)
+                except Exception as error:  # a bug: the event at the head must not hold the chat for ever
+                    head = chat.items[0] if chat.items else None
+                    log.exception("sending a notification failed unexpectedly", extra={"chat_id": chat.chat_id})
+                    if head is not None:
+                        head.failures += 1
+                        if head.failures >= GIVE_UP_AFTER:
+                            self.deps.metrics.notifications.labels("failed").inc()
+                            await self._settle(chat, [head], {"chat_id": chat.chat_id, "messenger": self.deps.messenger.name,
+                                                              "at": utcnow(), "sent": False,
+                                                              "error": f"{type(error).__name__}: {error}"[:300]})
                     await asyncio.sleep(1.0)
 
     async def _send_some(self, chat: _Chat) -> None:
-        """Send what is queued for the chat: alone when it is one event, else a digest. On DeliveryDelayed what was
-        not sent stays at the front of the queue."""
-        batch = [chat.items[i] for i in range(min(len(chat.items), MAX_DIGEST_EVENTS))]
+        """Send what is queued for the chat: alone when it is one event (or the rest of a long one), else a digest.
+        On DeliveryDelayed what was not sent stays at the front of the queue, in order."""
+        head = chat.items[0]
+        batch = [head] if head.parts_sent else [chat.items[i] for i in range(min(len(chat.items), MAX_DIGEST_EVENTS))]
         # Each (event, chat) once: sent before (a redelivery), or twice in this batch.
         sent_before = {d["event_id"] async for d in self.deps.db.notifications.find(
             {"chat_id": chat.chat_id, "event_id": {"$in": list({i.event_id for i in batch})}, "sent": True}, {"event_id": 1})}
         fresh: list[_Item] = []
         twins: list[_Item] = []
-        seen: set[str] = set()
         for item in batch:
-            if item.event_id in sent_before or item.event_id in seen:
-                twins.append(item)
-                continue
-            seen.add(item.event_id)
-            fresh.append(item)
+            (twins if item.event_id in sent_before or any(f.event_id == item.event_id for f in fresh) else fresh).append(item)
         if twins:
             self.deps.metrics.notifications.labels("duplicate").inc(len(twins))
-        # The first message of a round uses the token already taken; each further one waits for its own.
-        for number, (part, text, silent) in enumerate(self._messages(fresh) if fresh else []):
+        if len(fresh) == 1:
+            await self._send_alone(chat, fresh[0])
+        elif fresh:
+            await self._send_digest(chat, fresh)
+        self._resolve(chat, twins)  # their event's outcome is recorded now
+
+    def _record_fields(self, chat: _Chat, **fields: object) -> dict:
+        return {"chat_id": chat.chat_id, "messenger": self.deps.messenger.name, "at": utcnow(), **fields}
+
+    async def _send_alone(self, chat: _Chat, item: _Item) -> None:
+        """One event's own message, in parts if long; after a flood wait midway, the parts not yet sent."""
+        parts = split_message(item.text)
+        for number in range(item.parts_sent, len(parts)):
+            if number > item.parts_sent:
+                await self._token(chat)  # the first part of a round uses the token already taken
+            try:
+                await self.deps.messenger.send(chat.chat_id, parts[number], silent=item.silent)
+            except DeliveryFailed as error:
+                self.deps.metrics.notifications.labels("failed").inc()
+                log.error("notification failed", extra={"chat_id": chat.chat_id, "reason": error.reason})
+                await self._settle(chat, [item], self._record_fields(chat, sent=False, error=error.reason, digest=None))
+                return
+            item.parts_sent = number + 1
+        self.deps.metrics.notifications.labels("sent").inc()
+        await self._settle(chat, [item], self._record_fields(chat, sent=True, error=None, digest=None))
+
+    async def _send_digest(self, chat: _Chat, items: list[_Item]) -> None:
+        for number, (part, text, silent) in enumerate(self._messages(items)):
             if number:
                 await self._token(chat)
-            record = {"chat_id": chat.chat_id, "messenger": self.deps.messenger.name, "at": utcnow(),
-                      "digest": len(fresh) if len(fresh) > 1 else None}
             try:
                 await self.deps.messenger.send(chat.chat_id, text, silent=silent)
             except DeliveryFailed as error:
                 self.deps.metrics.notifications.labels("failed").inc(len(part))
                 log.error("notification failed", extra={"chat_id": chat.chat_id, "reason": error.reason, "events": len(part)})
-                await self._record(part, {**record, "sent": False, "error": error.reason})
-            else:
-                self.deps.metrics.notifications.labels("sent").inc(len(part))
-                await self._record(part, {**record, "sent": True, "error": None})
-            self._finish(chat, part)
-        self._finish(chat, twins)  # their event's outcome is recorded now
+                await self._settle(chat, part, self._record_fields(chat, sent=False, error=error.reason, digest=len(items)))
+                continue
+            self.deps.metrics.notifications.labels("sent").inc(len(part))
+            await self._settle(chat, part, self._record_fields(chat, sent=True, error=None, digest=len(items)))
+
+    async def _settle(self, chat: _Chat, items: list[_Item], fields: dict) -> None:
+        """Told (or refused for good): out of the queue at once, so never sent again, then recorded (retried until the
+        database takes it), then acked once every chat has it."""
+        for item in items:
+            with contextlib.suppress(ValueError):
+                chat.items.remove(item)
+        delay = 0.5
+        while True:
+            try:
+                await self._record(items, fields)
+                break
+            except PyMongoError as error:
+                log.warning("notification outcome not recorded yet", extra={"chat_id": chat.chat_id, "error": type(error).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for item in items:
+            self._count_down(item)
+
+    def _resolve(self, chat: _Chat, items: list[_Item]) -> None:
+        for item in items:
+            with contextlib.suppress(ValueError):
+                chat.items.remove(item)
+            self._count_down(item)
+
+    @staticmethod
+    def _count_down(item: _Item) -> None:
+        item.tracker.left -= 1
+        if item.tracker.left == 0 and not item.tracker.done.done():
+            item.tracker.done.set_result(None)
 
     def _messages(self, items: list[_Item]) -> list[tuple[list[_Item], str, bool]]:
-        """The messages to send, each with the events it completes and whether it goes silently: one event's own
-        text (split if long; the event counts as told with its last part), or digest lines of whole events."""
-        if len(items) == 1:
-            chunks = split_message(items[0].text)
-            return [(items if n == len(chunks) - 1 else [], chunk, items[0].silent) for n, chunk in enumerate(chunks)]
+        """A digest of whole events, split into messages of at most 4,096 characters, each with the events it
+        carries and whether it goes silently (only when all of them are silent)."""
         title = f"📋 <b>{len(items)} events</b> while messages were held back (Telegram's limits)"
         messages: list[tuple[list[_Item], str, bool]] = []
         part: list[_Item] = []
         text = title
         for item in items:
             line = digest_entry(item, MAX_MESSAGE - len(title) - 20)
-            if len(text) + 1 + len(line) > MAX_MESSAGE:
+            if part and len(text) + 1 + len(line) > MAX_MESSAGE:
                 messages.append((part, text, all(i.silent for i in part)))
                 part, text = [], f"{title} (continued)"
             part.append(item)
@@ -281,16 +376,6 @@ class Dispatcher:
         messages.append((part, text, all(i.silent for i in part)))
         self.deps.metrics.digests.inc()
         return messages
-
-    def _finish(self, chat: _Chat, done: list[_Item]) -> None:
-        for item in done:
-            try:
-                chat.items.remove(item)
-            except ValueError:
-                continue
-            item.tracker.left -= 1
-            if item.tracker.left == 0 and not item.tracker.done.done():
-                item.tracker.done.set_result(None)
 
     async def _record(self, items: list[_Item], fields: dict) -> None:
         operations = [UpdateOne({"event_id": item.event_id, "chat_id": fields["chat_id"]},

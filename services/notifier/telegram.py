@@ -63,7 +63,8 @@ class TelethonMessenger:
             rejected = "Telegram rejected the api_id/api_hash pair (check the notifier's Telegram API settings)"
         except (errors.RPCError, OSError, asyncio.TimeoutError, ValueError) as e:
             await client.disconnect()
-            raise self._translate(e) from e
+            # Not chained: the login request (with the token) rides on Telethon's error.
+            raise self._translate(e) from None
         except BaseException:
             await client.disconnect()
             raise

@@ -170,3 +170,74 @@ async def test_with_telegram_down_orders_keep_going_and_their_events_wait_in_the
 
 
 from tests.integration.test_executor import venue  # noqa: E402,F401 - a fixture
+
+
+class ScriptedMessenger(TimedMessenger):
+    """Answers the n-th send as scripted: an exception to raise, or None to deliver."""
+
+    def __init__(self, script: dict[int, BaseException]) -> None:
+        super().__init__()
+        self.script = script
+
+    async def send(self, chat_id: int, html: str, *, silent: bool = False) -> None:
+        self.attempts.append(time.monotonic())
+        error = self.script.get(len(self.attempts))
+        if error is not None:
+            raise error
+        self.sent.append((chat_id, html, silent, time.monotonic()))
+
+
+def long_failure(signal_id: str) -> OrderFailedV1:
+    reason = " ".join(f"word{n}" for n in range(2000))  # about 14,000 characters: four parts
+    return OrderFailedV1(signal_id=signal_id, account="default", symbol="ETH/USDT:USDT", action="buy", reason=reason,
+                         error_type="Rejected", failed_at=utcnow())
+
+
+async def test_a_flood_wait_in_the_middle_of_a_long_message_resumes_after_the_parts_already_sent(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    messenger = ScriptedMessenger({2: DeliveryDelayed("FLOOD_WAIT_1", retry_after=1.0)})
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111,)) as publisher:
+        await publisher.publish(long_failure("long-2"), exchange=messaging.EVENTS_EXCHANGE, message_id="long-2:OrderFailedV1")
+        await wait_for(lambda: _tried(messenger, 2), what="the flood wait")
+        # Another event comes while the long one waits: the rest of the long one still goes first, alone and whole.
+        await publisher.publish(placed("after-1"), exchange=messaging.EVENTS_EXCHANGE, message_id="after-1:OrderPlacedV1")
+        await wait_for(lambda: sent_count(mongo_db, 2), timeout=20, what="both events")
+    texts = [text for _, text, _, _ in messenger.sent]
+    words = re.findall(r"word\d+", " ".join(texts))
+    assert words == [f"word{n}" for n in range(2000)]  # every part once, in order: none sent again after the wait
+    assert "<code>after-1</code>" in texts[-1] and all("word" not in t for t in texts[-1:])
+
+
+async def test_a_long_message_refused_at_its_first_part_is_recorded_failed_and_its_other_parts_not_sent(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from services.notifier.messenger import DeliveryFailed
+
+    messenger = ScriptedMessenger({1: DeliveryFailed("CHAT_WRITE_FORBIDDEN")})
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111,)) as publisher:
+        await publisher.publish(long_failure("long-3"), exchange=messaging.EVENTS_EXCHANGE, message_id="long-3:OrderFailedV1")
+        record = await wait_for(lambda: mongo_db.notifications.find_one({"event_id": "long-3:OrderFailedV1"}), what="the record")
+    assert record["sent"] is False and record["error"] == "CHAT_WRITE_FORBIDDEN"
+    assert messenger.sent == [] and len(messenger.attempts) == 1
+
+
+async def test_an_event_that_keeps_failing_unexpectedly_is_recorded_failed_and_does_not_hold_the_chat(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    bug = RuntimeError("a bug in a messenger")
+    messenger = ScriptedMessenger({1: bug, 2: bug, 3: bug})
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(111,)) as publisher:
+        await publisher.publish(placed("bad-1"), exchange=messaging.EVENTS_EXCHANGE, message_id="bad-1:OrderPlacedV1")
+        await publisher.publish(placed("next-1"), exchange=messaging.EVENTS_EXCHANGE, message_id="next-1:OrderPlacedV1")
+        await wait_for(lambda: sent_count(mongo_db, 1), timeout=20, what="the next event")
+        stuck = await mongo_db.notifications.find_one({"event_id": "bad-1:OrderPlacedV1"})
+    assert stuck["sent"] is False and "a bug in a messenger" in stuck["error"]
+    assert "<code>next-1</code>" in messenger.sent[-1][1] and "bad-1" not in messenger.sent[-1][1]
+
+
+async def test_a_group_gets_at_most_one_message_every_three_seconds(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    messenger = TimedMessenger()
+    async with notifier(amqp_url, mongo_uri, mongo_db_name, messenger, chat_ids=(-100123,)) as publisher:
+        await publisher.publish(placed("g-1"), exchange=messaging.EVENTS_EXCHANGE, message_id="g-1:OrderPlacedV1")
+        await wait_for(lambda: sent_count(mongo_db, 1), what="the first")
+        await publisher.publish(placed("g-2"), exchange=messaging.EVENTS_EXCHANGE, message_id="g-2:OrderPlacedV1")
+        await wait_for(lambda: sent_count(mongo_db, 2), timeout=10, what="the second")
+    assert messenger.sent[1][3] - messenger.sent[0][3] >= 2.9  # 20 a minute for a group, not 1 a second

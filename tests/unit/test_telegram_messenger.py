@@ -208,3 +208,20 @@ async def test_the_bot_token_and_api_hash_appear_in_no_log_record_or_exception(
     for exc in raised:
         assert not any(secret in _text_of(exc) for secret in SECRETS), exc
         assert not any(secret in getattr(exc, "reason", "") for secret in SECRETS), exc
+
+
+async def test_a_rendered_event_arrives_as_exact_text_and_entities_and_a_silent_one_without_a_sound(connect: Connect) -> None:
+
+    from services.notifier.format import render
+    from shared.contracts import OrderFailedV1, utcnow
+
+    messenger, fake = await connect()
+    failed = OrderFailedV1(signal_id="sig-<7>", account="default", symbol="ETH/USDT:USDT", action="buy",
+                           reason="Insufficient margin <101204> & more", error_type="InsufficientFunds", failed_at=utcnow())
+    await messenger.send(ALICE, render(failed), silent=True)
+    [sent] = fake.sent
+    assert sent.text == "❌ Order failed buy ETH/USDT:USDT\nInsufficient margin <101204> & more\nsignal sig-<7>"
+    # Offsets in UTF-16 code units, as Telegram counts them.
+    assert sent.entities == [types.MessageEntityBold(offset=2, length=12), types.MessageEntityCode(offset=76, length=7)]
+    request = fake.requests_of(functions.messages.SendMessageRequest)[-1].query
+    assert request.silent is True
