@@ -184,6 +184,10 @@ def test_rabbitmq_is_4x_with_the_consistent_hash_plugin(services):
     plugins = plugins_file.read_text().strip()
     assert plugins.startswith("[") and plugins.endswith("].")  # an Erlang term: a malformed one stops the node
     assert "rabbitmq_consistent_hash_exchange" in plugins and "rabbitmq_management" in plugins
+    # The notifier holds events through a Telegram outage: the broker must not time its consumer out after 30 min.
+    conf = (ROOT / mounts["/etc/rabbitmq/conf.d/10-tvtb.conf"]).read_text()
+    settings = dict(line.split(" = ") for line in conf.splitlines() if line and not line.startswith("#"))
+    assert int(settings["consumer_timeout"]) >= 24 * 3600 * 1000
 
 
 def test_mongodb_runs_as_a_single_node_replica_set(services):
