@@ -12,10 +12,13 @@ from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from shared.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("tvtb.bingx")
 
 SETTINGS_TTL_S = 60.0
 
@@ -148,10 +151,14 @@ class BingxExchange:
         self._prefetched: dict[str, tuple[float, asyncio.Task]] = {}
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await getattr(self._client, method)(*args, **kwargs)
-        except ccxt.BaseError as error:
-            raise map_error(error) from error
+        # A span per venue call, inside the signal's trace: where an alert's milliseconds went, call by call.
+        with _tracer.start_as_current_span(f"bingx {method}", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("bingx.method", method)
+            try:
+                return await getattr(self._client, method)(*args, **kwargs)
+            except ccxt.BaseError as error:
+                span.set_attribute("bingx.error", type(error).__name__)
+                raise map_error(error) from error
 
     async def start(self) -> None:
         await self.refresh_markets()
@@ -305,7 +312,8 @@ class BingxExchange:
         """Ask the venue for an order by our client order id: the check before anything is sent again."""
         market = self._client.market(symbol)
         try:
-            response = await self._client.swapV2PrivateGetTradeOrder({"symbol": market["id"], "clientOrderId": client_order_id})
+            with _tracer.start_as_current_span("bingx find_order", kind=SpanKind.CLIENT):
+                response = await self._client.swapV2PrivateGetTradeOrder({"symbol": market["id"], "clientOrderId": client_order_id})
         except ccxt.OrderNotFound:
             return None
         except ccxt.BaseError as error:

@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from html import escape, unescape
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
@@ -30,6 +34,7 @@ from services.notifier.messenger import DeliveryDelayed, DeliveryFailed
 from shared.contracts import KillSwitchTripV1, Message, utcnow
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("tvtb.telegram")
 
 MAX_MESSAGE = 4096
 PER_CHAT = (1.0, 1.0)  # messages per second, burst
@@ -97,6 +102,7 @@ class _Item:
     text: str
     silent: bool
     tracker: _Tracker
+    trace: Context | None = None  # the event's trace, which its message continues
     parts_sent: int = 0  # of a long message split in parts: a flood wait midway resumes after these
     failures: int = 0  # unexpected failures in a row
 
@@ -199,7 +205,8 @@ class Dispatcher:
         tracker = _Tracker(len(chats), asyncio.get_running_loop().create_future())
         for chat_id in chats:
             chat = self._chat(chat_id)
-            chat.items.append(_Item(event_id, getattr(event, "signal_id", None), event.TYPE, text, route is Route.SILENT, tracker))
+            chat.items.append(_Item(event_id, getattr(event, "signal_id", None), event.TYPE, text, route is Route.SILENT, tracker,
+                                    trace=otel_context.get_current()))
             chat.wake.set()
         self.deps.metrics.queued.inc(len(chats))
         return tracker.done
@@ -305,7 +312,10 @@ class Dispatcher:
             if number > item.parts_sent:
                 await self._token(chat)  # the first part of a round uses the token already taken
             try:
-                await self.deps.messenger.send(chat.chat_id, parts[number], silent=item.silent)
+                # Inside the event's trace: the alert's trace ends with the message that told it.
+                with _tracer.start_as_current_span("telegram send", context=item.trace, kind=SpanKind.CLIENT) as span:
+                    span.set_attribute("telegram.chat_id", chat.chat_id)
+                    await self.deps.messenger.send(chat.chat_id, parts[number], silent=item.silent)
             except DeliveryFailed as error:
                 self.deps.metrics.notifications.labels("failed").inc()
                 log.error("notification failed", extra={"chat_id": chat.chat_id, "reason": error.reason})
@@ -319,8 +329,13 @@ class Dispatcher:
         for number, (part, text, silent) in enumerate(self._messages(items)):
             if number:
                 await self._token(chat)
+            # One message for many events: a span of its own, linked to each event's trace.
+            links = [Link(trace.get_current_span(item.trace).get_span_context()) for item in part if item.trace is not None]
             try:
-                await self.deps.messenger.send(chat.chat_id, text, silent=silent)
+                with _tracer.start_as_current_span("telegram send digest", context=Context(), links=links, kind=SpanKind.CLIENT) as span:
+                    span.set_attribute("telegram.chat_id", chat.chat_id)
+                    span.set_attribute("telegram.events", len(part))
+                    await self.deps.messenger.send(chat.chat_id, text, silent=silent)
             except DeliveryFailed as error:
                 self.deps.metrics.notifications.labels("failed").inc(len(part))
                 log.error("notification failed", extra={"chat_id": chat.chat_id, "reason": error.reason, "events": len(part)})

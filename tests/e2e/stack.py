@@ -39,6 +39,7 @@ class Stack:
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     modules: dict[str, str] = field(default_factory=dict)  # a second executor runs services.executor too
+    extra_env: dict[str, str] = field(default_factory=dict)  # added to every service's environment
 
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
@@ -63,6 +64,7 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
         })
         env.update({setting: str(self.ports[name]) for name, (setting, _) in SERVICES.items()})
+        env.update(self.extra_env)
         return env
 
     def start(self, name: str, module: str | None = None) -> None:
