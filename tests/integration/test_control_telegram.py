@@ -22,8 +22,9 @@ ADMIN, STRANGER = 111111, 222222
 
 
 @contextlib.asynccontextmanager
-async def control_with_bot(amqp_url: str, mongo_uri: str, db: str, tmp_path: Path):
-    fake = FakeTelegram(chats=[ADMIN, STRANGER])
+async def control_with_bot(amqp_url: str, mongo_uri: str, db: str, tmp_path: Path, *, fake: FakeTelegram | None = None,
+                           logged_in: bool = True):
+    fake = fake or FakeTelegram(chats=[ADMIN, STRANGER])
     clients: list[TelegramClient] = []
 
     def client_factory(*args, **kwargs) -> TelegramClient:
@@ -40,8 +41,9 @@ async def control_with_bot(amqp_url: str, mongo_uri: str, db: str, tmp_path: Pat
             async def connected() -> bool:
                 return bool(clients) and clients[0].is_connected() and fake.logins > 0
 
-            await wait_for(connected, what="the control bot to log in")
-            yield http, fake, clients[0]
+            if logged_in:
+                await wait_for(connected, what="the control bot to log in")
+            yield http, fake, clients[0] if clients else None
 
 
 async def say(fake: FakeTelegram, client: TelegramClient, user: int, text: str, **kwargs) -> str:
@@ -191,23 +193,13 @@ async def test_positions_and_balance_come_from_the_executors_snapshot_with_its_a
 
 
 async def test_a_bot_token_telegram_refuses_is_logged_and_rest_still_works(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path, caplog):
-    fake = FakeTelegram(bot_token="7000000002:AAHanother-bot-token-not-this-one_0123", chats=[ADMIN])
+    another_bot = FakeTelegram(bot_token="7000000002:AAHanother-bot-token-not-this-one_0123", chats=[ADMIN])
+    async with control_with_bot(amqp_url, mongo_uri, mongo_db_name, tmp_path, fake=another_bot, logged_in=False) as (http, _, _):
+        async def logged() -> bool:
+            return any(r.getMessage().startswith("telegram control bot not started: Telegram rejected the bot token")
+                       for r in caplog.records)
 
-    def client_factory(*args, **kwargs) -> TelegramClient:
-        client = TelegramClient(*args, **kwargs)
-        fake.install(client)
-        return client
-
-    config = settings(amqp_url, mongo_uri, mongo_db_name, telegram_api_id=TEST_API_ID, telegram_api_hash=TEST_API_HASH,
-                      telegram_bot_token=TEST_BOT_TOKEN, telegram_admin_ids=str(ADMIN),
-                      telegram_control_session_path=str(tmp_path / "control.session"))
-    async with build(config) as control:
-        async with TestClient(TestServer(create_app(control, telegram_client_factory=client_factory))) as http:
-            async def logged() -> bool:
-                return any(r.getMessage().startswith("telegram control bot not started: Telegram rejected the bot token")
-                           for r in caplog.records)
-
-            await wait_for(logged, what="the refused token to be logged")
-            assert (await (await http.get("/readyz")).json())["telegram"] is False
-            assert (await http.put("/bot/settings", json={"autotrade": False}, headers=AUTH)).status == 200
+        await wait_for(logged, what="the refused token to be logged")
+        assert (await (await http.get("/readyz")).json())["telegram"] is False
+        assert (await http.put("/bot/settings", json={"autotrade": False}, headers=AUTH)).status == 200
     assert not any(TEST_BOT_TOKEN in r.getMessage() or TEST_BOT_TOKEN.split(":")[1] in str(r.__dict__) for r in caplog.records)
