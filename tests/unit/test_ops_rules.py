@@ -1,0 +1,52 @@
+"""The Prometheus alert rules: each with a severity and a runbook section that exists, naming only real metrics."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from tests.support import ROOT
+
+RULES = ROOT / "ops" / "prometheus" / "rules.yml"
+RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
+
+
+def rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def metrics_in_code() -> set[str]:
+    names: set[str] = set()
+    for path in [*(ROOT / "services").rglob("*.py"), *(ROOT / "shared").rglob("*.py")]:
+        names.update(re.findall(r'"(tvtb_[a-z_]+)"', path.read_text()))
+    return names
+
+
+def test_every_alert_has_a_severity_and_a_runbook_section_that_exists():
+    anchors = {re.sub(r"[^a-z0-9-]", "", line[3:].strip().lower().replace(" ", "-"))
+               for line in RUNBOOK.read_text().splitlines() if line.startswith("## ")}
+    assert rules()
+    for rule in rules():
+        assert rule["labels"]["severity"] in {"SEV1", "SEV2", "SEV3"}, rule["alert"]
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert page == "docs/RUNBOOK.md" and anchor in anchors, rule["alert"]
+        assert rule["annotations"]["summary"]
+
+
+def test_every_metric_a_rule_names_exists():
+    known = metrics_in_code()
+    for rule in rules():
+        for name in re.findall(r"\b(tvtb_[a-z_]+)", rule["expr"]):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert name in known or base in known, f"{rule['alert']} names {name}, which no service exports"
+        for name in re.findall(r"\b([a-z]+_[a-z_]+)\{", rule["expr"]):
+            assert name.startswith(("tvtb_", "rabbitmq_")) or name == "up", f"{rule['alert']}: {name}"
+
+
+def test_prometheus_loads_the_rules_and_compose_mounts_them():
+    config = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
+    assert "/etc/prometheus/rules.yml" in config["rule_files"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["prometheus"]["volumes"]}
+    assert (ROOT / mounts["/etc/prometheus/rules.yml"]).resolve() == RULES
