@@ -50,3 +50,27 @@ def test_prometheus_loads_the_rules_and_compose_mounts_them():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["prometheus"]["volumes"]}
     assert (ROOT / mounts["/etc/prometheus/rules.yml"]).resolve() == RULES
+
+
+def test_every_metric_a_dashboard_panel_names_exists_and_grafana_is_provisioned_with_it():
+    import json
+
+    known = metrics_in_code()
+    dashboards = list((ROOT / "ops" / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["panels"], path.name
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == "prometheus" and panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                for name in re.findall(r"\b(tvtb_[a-z_]+)", target["expr"]):
+                    base = re.sub(r"_(bucket|sum|count)$", "", name)
+                    assert name in known or base in known, f"{panel['title']} names {name}, which no service exports"
+    datasources = yaml.safe_load((ROOT / "ops/grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    assert [d["uid"] for d in datasources] == ["prometheus"]
+    provider = yaml.safe_load((ROOT / "ops/grafana/provisioning/dashboards/tvtb.yml").read_text())["providers"][0]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["grafana"]["volumes"]}
+    assert (ROOT / mounts[provider["options"]["path"]]).resolve() == (ROOT / "ops/grafana/dashboards").resolve()
+    assert (ROOT / mounts["/etc/grafana/provisioning"]).resolve() == (ROOT / "ops/grafana/provisioning").resolve()
