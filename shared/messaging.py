@@ -117,69 +117,85 @@ async def declare_topology(channel: AbstractChannel) -> None:
 
 # Before signals were sharded, one queue held them all, bound to tvtb.signals with `#`. A broker upgraded from then
 # still has it: its binding would copy every new signal into a queue nobody reads, and what it held when the old
-# executor stopped would never run. The executor retires it at start (retire_legacy_signals_queue).
+# executor stopped would never run. The executor drains it, in order, before it reads any shard (drain_legacy_signals).
 LEGACY_SIGNALS_QUEUE = "executor.signals"
-LEGACY_IDLE_S = 1.0
+LEGACY_POLL_S = 0.2
 
 
-async def retire_legacy_signals_queue(connection: AbstractRobustConnection, publisher: "Publisher",
-                                      idle_s: float = LEGACY_IDLE_S) -> int | None:
-    """Cut the legacy queue's binding, move what it holds into the shards in its order, then delete it.
+async def drain_legacy_signals(connection: AbstractRobustConnection, handler: Handler, *, poll_s: float = LEGACY_POLL_S) -> int | None:
+    """Cut the legacy queue's binding, run what it holds through `handler` in its order, then delete it.
 
-    Returns how many messages moved, or None when there is no legacy queue. A message is acked only once the shards
-    have it (confirmed): a crash midway moves the rest at the next start, and a signal moved twice, or present in
-    both (copied there while both were bound), is one signal_id, which the executor runs once. An unreadable message
-    is dead-lettered to the legacy `.dlq` for an operator. Signals that waited too long expire at the executor and
-    are parked for replay, like any stale signal; none is lost.
+    Run before the shards are read: the legacy queue holds the oldest signals, and after the cut no new one enters
+    it, so draining it first keeps every symbol in order (a signal also in a shard, copied while both were bound,
+    is one signal_id, which the executor runs once). Each message is acked once handled, like a shard's, by the same
+    Consumer. Returns how many were handled, or None when there is no legacy queue. Another replica (or the old
+    executor) holding its single active consumer: this one leaves it to them after a while.
     """
-    channel = await connection.channel()
+    probe = await connection.channel()
     try:
         try:
-            queue = await channel.declare_queue(LEGACY_SIGNALS_QUEUE, passive=True)
-        except aio_pika.exceptions.ChannelClosed:  # 404: nothing to retire (a fresh install, or already done)
+            declared = await probe.declare_queue(LEGACY_SIGNALS_QUEUE, passive=True)
+        except aio_pika.exceptions.ChannelClosed:  # 404: nothing to drain (a fresh install, or already done)
             return None
-        await queue.unbind(SIGNALS_EXCHANGE, routing_key="#")
-        waiting = queue.declaration_result.message_count
-        log.warning("retiring the legacy signals queue: moving what it holds into the shards",
-                    extra={"queue": LEGACY_SIGNALS_QUEUE, "messages": waiting})
-        await channel.set_qos(prefetch_count=32)
-        moved = 0
-        async with queue.iterator() as messages:
-            while True:
-                try:
-                    incoming = await asyncio.wait_for(messages.__anext__(), idle_s)
-                except (asyncio.TimeoutError, StopAsyncIteration):
-                    break
-                try:
-                    message = decode(incoming.type, incoming.body)
-                except (UnknownMessageType, ValidationError):
-                    log.error("unreadable message in the legacy signals queue: dead-lettered for an operator",
-                              extra={"message_id": incoming.message_id, "type": incoming.type})
-                    await incoming.reject(requeue=False)
-                    continue
-                await publisher.publish(message, exchange=SIGNALS_EXCHANGE, message_id=incoming.message_id)
-                await incoming.ack()
-                moved += 1
+        await declared.unbind(SIGNALS_EXCHANGE, routing_key="#")
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    log.warning("draining the legacy signals queue before the shards", extra={"queue": LEGACY_SIGNALS_QUEUE})
+    handled = 0
+
+    async def counting(message: Message, raw: AbstractIncomingMessage) -> None:
+        nonlocal handled
+        await handler(message, raw)
+        handled += 1
+
+    consumer = Consumer(channel=await connection.channel(), queue_name=LEGACY_SIGNALS_QUEUE, handler=counting, prefetch=1,
+                        name="legacy-drain")
+    await consumer.start()
+    before = 0
+    standby_s = 0.0
+    try:
+        while True:
+            ready, consumers = await _queue_counts(connection, LEGACY_SIGNALS_QUEUE)
+            if ready == 0 and not consumer.busy and consumers <= 1:
+                break  # empty, and only this drain consumes it
+            # Another consumer holds the single active consumer (a replica draining it, or the old executor): this
+            # one gets nothing, and leaves the queue to it after a while.
+            standby_s = standby_s + poll_s if consumers > 1 and not consumer.busy and handled == before else 0.0
+            if standby_s >= 5.0:
+                log.warning("the legacy signals queue is drained by another consumer", extra={"handled": handled})
+                return handled
+            before = handled
+            await asyncio.sleep(poll_s)
+    finally:
+        await consumer.stop()
+        if not consumer.channel.is_closed:
+            await consumer.channel.close()
+    # Quorum queues refuse queue.delete's if-unused and if-empty (the broker closes the whole connection): look, then
+    # delete. No binding feeds it any more, so empty and unconsumed stays so.
+    ready, consumers = await _queue_counts(connection, LEGACY_SIGNALS_QUEUE)
+    if ready or consumers:
+        log.warning("legacy signals queue not deleted: it is not empty or not idle", extra={"ready": ready, "consumers": consumers})
+        return handled
+    channel = await connection.channel()
+    try:
+        underlay = await channel.get_underlay_channel()
+        await underlay.queue_delete(LEGACY_SIGNALS_QUEUE)
+        log.warning("legacy signals queue drained and deleted", extra={"handled": handled})
+    except aiormq.exceptions.AMQPError as error:
+        log.warning("legacy signals queue not deleted", extra={"error": str(error)[:200], "handled": handled})
     finally:
         if not channel.is_closed:
             await channel.close()
-    await _delete_if_empty(connection, LEGACY_SIGNALS_QUEUE, moved)
-    return moved
+    return handled
 
 
-async def _delete_if_empty(connection: AbstractRobustConnection, name: str, moved: int) -> None:
+async def _queue_counts(connection: AbstractRobustConnection, name: str) -> tuple[int, int]:
     channel = await connection.channel()
     try:
-        queue = await channel.declare_queue(name, passive=True)
-        left = queue.declaration_result.message_count
-        if left or queue.declaration_result.consumer_count:
-            # Another replica is moving them (the queue has a single active consumer): it deletes the queue.
-            log.warning("legacy signals queue not deleted yet", extra={"queue": name, "left": left, "moved": moved})
-            return
-        await queue.delete(if_unused=False, if_empty=False)
-        log.warning("legacy signals queue retired", extra={"queue": name, "moved": moved})
-    except aio_pika.exceptions.ChannelClosed as error:
-        log.warning("legacy signals queue not deleted", extra={"queue": name, "error": str(error)[:200]})
+        underlay = await channel.get_underlay_channel()
+        declared = await underlay.queue_declare(name, passive=True)
+        return declared.message_count, declared.consumer_count
     finally:
         if not channel.is_closed:
             await channel.close()
@@ -292,6 +308,11 @@ class Consumer:
     @property
     def consuming(self) -> bool:
         return self._tag is not None
+
+    @property
+    def busy(self) -> bool:
+        """A message is in hand (being handled, or waiting out a retry's backoff)."""
+        return bool(self._inflight)
 
     async def start(self) -> None:
         if self._tag is not None:

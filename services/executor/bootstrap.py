@@ -157,14 +157,6 @@ async def build(settings: ExecutorSettings, *, exchange: BingxExchange | None = 
         infra = await open_infrastructure(stack, settings, "executor", ("signals", "orders", "signal_conflicts", "executor_replicas", "executor_trips"))
         db, connection = infra.db, infra.connection
         publisher = await messaging.Publisher.open(connection)
-        # Before any shard is read: what an upgraded broker's old single queue holds is older than what they hold.
-        try:
-            await messaging.retire_legacy_signals_queue(connection, publisher)
-        except Exception as error:  # what was not moved stays in that queue (acked only once moved): the next start
-            raise_if_cancelling()
-            log.error("the legacy signals queue was not retired; restart the executor to try again",
-                      extra={"error": f"{type(error).__name__}: {error}"[:300]})
-
         if exchange is None:
             exchange = BingxExchange(
                 api_key=settings.bingx_api_key.get_secret_value(),

@@ -15,8 +15,10 @@ from services.executor.bootstrap import Executor
 from services.executor.handlers import handle_signal
 from services.executor.shards import ShardConsumers
 from shared.contracts import Message, SignalBatchV1, SignalReceivedV1
+from shared import messaging
 from shared.errors import PermanentError
 from shared.observability import bound_signal, extract_trace
+from shared.runtime import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tvtb.executor")
@@ -46,7 +48,19 @@ async def consuming(executor: Executor, *, replica: str | None = None) -> AsyncI
     shards = ShardConsumers(executor.connection, executor.deps.db, handle, replica=replica or executor.deps.replica or None,
                             on_change=executor.deps.metrics.show_shards)
     executor.deps.replica = shards.replica
-    runner = asyncio.create_task(shards.run(known))
+    async def run() -> None:
+        # An upgraded broker's old single queue holds the oldest signals: they run first, in order, through the
+        # same handler, once the kill-switch state and the venue are known.
+        await known()
+        try:
+            await messaging.drain_legacy_signals(executor.connection, handle)
+        except Exception as error:  # what was not handled stays in that queue (acked only once handled)
+            raise_if_cancelling()
+            log.error("the legacy signals queue was not drained; restart the executor to try again",
+                      extra={"error": f"{type(error).__name__}: {error}"[:300]})
+        await shards.run(known)
+
+    runner = asyncio.create_task(run())
     try:
         yield shards
     finally:
