@@ -9,7 +9,7 @@ from datetime import timedelta
 from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustConnection
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -307,36 +307,43 @@ async def replay_signal(deps: ControlDeps, signal_id: str, *, actor: str, reason
     """Send an expired signal again, as a new signal `<id>.replay` that ages from now, to run like any other.
 
     Once per expired signal: the replay's id is fixed, so a second replay (or one retried after a lost answer) is the
-    same signal_id, which the executor runs at most once. The kill switch, the risk limits and the replay's own max lag
-    apply as to any signal. Only an expired signal is replayed: a skipped one was refused by the kill switch, and
-    DESIGN.md's rule 4 says it never runs later.
+    same signal_id, which the executor runs at most once. The risk limits and the replay's own max lag apply as to
+    any signal; a replay the kill switch would refuse now is refused here, not sent to be skipped for good. Only an
+    expired signal is replayed: a skipped one was refused by the kill switch, and DESIGN.md's rule 4 says it never
+    runs later; one that expired while an order was being placed may have reached BingX, and is not sent again.
     """
     new_id = replay_id(signal_id)
-    now = utcnow()
-    document = await deps.db.signals.find_one_and_update(
-        {"_id": signal_id, "status": EXPIRED, "replayed_as": {"$exists": False}},
-        {"$set": {"replayed_as": new_id, "replayed_by": actor, "replayed_at": now, "replay_reason": reason}},
-        return_document=ReturnDocument.AFTER,
-    )
+    document = await deps.db.signals.find_one({"_id": signal_id})
     if document is None:
-        existing = await deps.db.signals.find_one({"_id": signal_id}, {"status": 1, "replayed_as": 1})
-        if existing is None:
-            raise ReplayRefused(404, f"no signal {signal_id!r} is recorded")
-        if existing.get("replayed_as"):
-            raise ReplayRefused(409, f"signal {signal_id!r} was already replayed as {existing['replayed_as']!r}")
-        raise ReplayRefused(409, f"only an expired signal can be replayed; {signal_id!r} is {existing.get('status')!r}")
+        raise ReplayRefused(404, f"no signal {signal_id!r} is recorded")
+    if document.get("status") != EXPIRED:
+        raise ReplayRefused(409, f"only an expired signal can be replayed; {signal_id!r} is {document.get('status')!r}")
+    if document.get("legs") or document.get("client_order_id"):
+        raise ReplayRefused(409, f"an order for {signal_id!r} was being placed when it expired and may be at BingX: "
+                                 "check BingX; it is not sent again")
     original = SignalReceivedV1.model_validate(document["signal"])
+    state = await current_state(deps)
+    if state is None or state.mode is KillSwitchMode.HALTED or (
+            state.mode is KillSwitchMode.ENTRIES_OFF and original.action.opens and not original.reduce_only):
+        mode = state.mode.value if state else "unknown"
+        raise ReplayRefused(409, f"trading is {mode}: the replay would be skipped, and could not be replayed again; "
+                                 "turn trading on first")
     replay = original.model_copy(update={
-        "signal_id": new_id, "replay_of": signal_id, "received_at": now, "alert_time": None,
+        "signal_id": new_id, "replay_of": signal_id, "received_at": utcnow(), "alert_time": None,
         "resend_key": None, "resend_window_s": None,
     })
-    try:
-        await deps.publisher.publish(replay, exchange=SIGNALS_EXCHANGE, message_id=new_id)
-    except PublishFailed:
-        # Not sent (or not known to be): the operator may try again, which sends the same signal_id.
-        await deps.db.signals.update_one({"_id": signal_id, "replayed_as": new_id},
-                                         {"$unset": {"replayed_as": "", "replayed_by": "", "replayed_at": "", "replay_reason": ""}})
-        raise
+    if document.get("replayed_as"):
+        if await deps.db.signals.find_one({"_id": document["replayed_as"]}, {"_id": 1}) is not None:
+            raise ReplayRefused(409, f"signal {signal_id!r} was already replayed as {document['replayed_as']!r}")
+        # Marked, but the executor never saw it (a crash before the publish, or not consumed yet): the same id again.
+        log.warning("sending a replay again that the executor has not seen", extra={"replay_of": signal_id, "signal_id": new_id})
+    else:
+        marked = await deps.db.signals.update_one(
+            {"_id": signal_id, "status": EXPIRED, "replayed_as": {"$exists": False}},
+            {"$set": {"replayed_as": new_id, "replayed_by": actor, "replayed_at": utcnow(), "replay_reason": reason}})
+        if not marked.modified_count:
+            raise ReplayRefused(409, f"signal {signal_id!r} was replayed at this moment by someone else")
+    await deps.publisher.publish(replay, exchange=SIGNALS_EXCHANGE, message_id=new_id)
     log.warning("expired signal replayed by an operator", extra={"replay_of": signal_id, "signal_id": new_id, "actor": actor, "reason": reason})
     return replay
 

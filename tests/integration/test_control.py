@@ -244,8 +244,12 @@ async def test_an_expired_signal_is_parked_and_replayed_once_as_a_fresh_signal(a
         assert response.status == 202, await response.text()
         assert await response.json() == {"status": "replayed", "signal_id": "late-1.replay", "replay_of": "late-1"}
 
+        # Asked again before the executor saw it (a lost answer, say): the same signal id goes again, run at most once.
         again = await client.post("/bot/signals/late-1/replay", headers=AUTH)
-        assert again.status == 409 and "already replayed as 'late-1.replay'" in (await again.json())["reason"]
+        assert again.status == 202 and (await again.json())["signal_id"] == "late-1.replay"
+        await mongo_db.signals.insert_one({"_id": "late-1.replay", "status": "placed"})  # the executor has it now
+        third = await client.post("/bot/signals/late-1/replay", headers=AUTH)
+        assert third.status == 409 and "already replayed as 'late-1.replay'" in (await third.json())["reason"]
         skipped = await client.post("/bot/signals/halted-1/replay", headers=AUTH)
         assert skipped.status == 409 and "only an expired signal" in (await skipped.json())["reason"]
         unknown = await client.post("/bot/signals/nope/replay", headers=AUTH)
@@ -254,7 +258,8 @@ async def test_an_expired_signal_is_parked_and_replayed_once_as_a_fresh_signal(a
         assert bad.status == 400 and "reason" in (await bad.json())["reason"]
         assert (await (await client.get("/bot/signals/parked", headers=AUTH)).json())["parked"] == []
 
-    [replay] = await drain_signals(amqp_url)
+    replay, twice = await drain_signals(amqp_url)
+    assert twice.signal_id == replay.signal_id
     assert (replay.signal_id, replay.replay_of, replay.alert_time) == ("late-1.replay", "late-1", None)
     assert (utcnow() - replay.received_at).total_seconds() < 30  # it ages from the replay, not from the alert
     assert str(replay.qty) == "0.01" and replay.max_lag_s == 30
@@ -374,3 +379,17 @@ async def test_a_change_decided_on_an_older_state_is_refused_not_undoing_a_halt(
         assert (state["mode"], state["version"]) == ("halted", 2)
         long = await client.put("/bot/settings", json={"autotrade": False, "reason": "x" * 501}, headers=AUTH)
         assert long.status == 400 and "reason" in (await long.json())["reason"]
+
+
+async def test_a_replay_the_kill_switch_would_skip_or_that_may_double_an_order_is_refused(amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    await _record_signal(mongo_db, "late-2", "expired")
+    await _record_signal(mongo_db, "late-3", "expired", client_order_id="tvtb0123", legs=[{"client_order_id": "tvtb0123"}])
+    async with control_client(settings(amqp_url, mongo_uri, mongo_db_name)) as client:
+        assert (await client.put("/bot/settings", json={"mode": "entries_off"}, headers=AUTH)).status == 200
+        refused = await client.post("/bot/signals/late-2/replay", headers=AUTH)
+        assert refused.status == 409 and "trading is entries_off" in (await refused.json())["reason"]
+        assert "replayed_as" not in await mongo_db.signals.find_one({"_id": "late-2"})  # it can still be replayed later
+        assert (await client.put("/bot/settings", json={"autotrade": True}, headers=AUTH)).status == 200
+        risky = await client.post("/bot/signals/late-3/replay", headers=AUTH)
+        assert risky.status == 409 and "may be at BingX" in (await risky.json())["reason"]
+        assert (await client.post("/bot/signals/late-2/replay", headers=AUTH)).status == 202

@@ -226,6 +226,8 @@ async def test_an_expired_signal_replayed_by_an_operator_is_placed_once(amqp_url
         stale = await h.send(qty=Decimal("0.01"), alert_time=utcnow() - timedelta(seconds=90), max_lag_s=60)
         assert (await h.settled(stale))["status"] == "expired"
         control = ControlDeps(db=mongo_db, publisher=h.publisher)
+        # The control service's record of the switch (the harness publishes its states to the stream directly).
+        await mongo_db.control_history.insert_one(h.executor.deps.view.state.model_dump(mode="python"))
         replay = await replay_signal(control, stale.signal_id, actor="test", reason="BingX was down")
         document = await h.settled(replay)
         assert document["status"] == "placed" and document["signal"]["replay_of"] == stale.signal_id
