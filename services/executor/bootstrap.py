@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -136,7 +137,8 @@ async def _snapshot_account(executor: Executor, every_s: float) -> None:
         except Exception as error:  # the database away: the next round writes it
             raise_if_cancelling()
             log.warning("account snapshot not kept", extra={"error": f"{type(error).__name__}: {error}"[:300]})
-        await asyncio.sleep(every_s)
+        # Jittered: replicas do not all ask BingX in the same instant (its limit is per account, 5 requests/s).
+        await asyncio.sleep(every_s * random.uniform(0.8, 1.2))
 
 
 async def _follow_resting_orders(executor: Executor, every_s: float) -> None:

@@ -653,10 +653,11 @@ async def _finish(deps: ExecutorDeps, signal: SignalReceivedV1, status: str, eve
         {"_id": signal.signal_id, "status": {"$nin": list(TERMINAL)}},
         {"$set": {"status": status, "updated_at": utcnow(), "outcome": outcome, **fields}},
     )
+    if not result.modified_count:
+        return  # finished already (a redelivery handled it meanwhile): counted and told then
     deps.metrics.signals.labels(status).inc()
     log.info("signal %s", status, extra={"status": status, **{k: v for k, v in fields.items() if isinstance(v, (str, int, float))}})
-    if result.modified_count:
-        await _publish_outcome(deps, {"_id": signal.signal_id, "outcome": outcome})
+    await _publish_outcome(deps, {"_id": signal.signal_id, "outcome": outcome})
 
 
 async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error_type: str, status: str = FAILED) -> None:
