@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.ingress.bootstrap import Ingress
-from services.ingress.domain import InvalidAlert, OutOfScope, build_signal, check_scope, fingerprint, match_token
+from services.ingress.domain import InvalidAlert, OutOfScope, build_signal, check_scope, fingerprint, match_token, redact
 from services.ingress.durable import Unavailable
 from services.ingress.formats import UnreadableBody, parse_body
 from services.ingress.guards import client_address, source_allowed
@@ -86,6 +86,9 @@ class Exchange:
 
     def refuse(self, status: int, result: str, reason: str) -> web.Response:
         ingress: Ingress = self.request.app[INGRESS_KEY]
+        # A reason may quote the alert (an unknown action, a placeholder); a token pasted into the wrong field must not
+        # come back in the answer, the record or the Telegram notice.
+        reason = redact(reason, ingress.secrets)
         if self.token_name is not None and result in TOLD_TO_TRADER and ingress.rejections is not None:
             # Once per distinct alert: TradingView's resends of the same text carry the same message id.
             ingress.rejections.tell(

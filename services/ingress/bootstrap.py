@@ -35,6 +35,7 @@ class Ingress:
     # Shown, not obeyed: the ingress accepts alerts whatever the mode; the executor records them skipped.
     killswitch: KillSwitchView = field(default_factory=KillSwitchView)
     rejections: RejectionNotices | None = None  # set in build(): refusals told to the trader through the notifier
+    secrets: tuple[str, ...] = ()  # every secret the process holds, kept out of the reasons it gives
 
 
 async def _stop(task: asyncio.Task) -> None:
@@ -60,6 +61,7 @@ async def build(settings: IngressSettings) -> AsyncIterator[Ingress]:
             ip_limiter=RateLimiter(settings.webhook_rate_limit_per_ip),
         )
         ingress.rejections = RejectionNotices(publisher)
+        ingress.secrets = tuple(secret for secret in settings.secret_values() if secret)
         stack.push_async_callback(ingress.rejections.close)
         view, reader = await follow(infra.connection)
         stack.push_async_callback(reader.stop)

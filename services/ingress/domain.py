@@ -105,6 +105,21 @@ def fingerprint(token_name: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(token_name.encode() + b"\n" + canonical).hexdigest()[:32]
 
 
+REDACT_FROM = 8  # a quoted value is cut at 32-40 characters: a secret's first characters are as secret as it
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """`text` with every secret, or the longest beginning of one (8 characters or more) that it holds, as ***."""
+    for secret in secrets:
+        if len(secret) < REDACT_FROM or secret[:REDACT_FROM] not in text:
+            continue
+        for end in range(len(secret), REDACT_FROM - 1, -1):
+            if secret[:end] in text:
+                text = text.replace(secret[:end], "***")
+                break
+    return text
+
+
 def signal_id_for(fingerprint_: str, payload_id: str | None, first_seen_ms: int) -> str:
     """The payload's id when given; else the alert's fingerprint and when it was first seen.
 

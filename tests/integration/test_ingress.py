@@ -292,3 +292,37 @@ async def test_a_refused_alert_with_a_valid_token_is_told_to_the_trader_once_and
 
 async def _at_least(items: list, n: int) -> bool:
     return len(items) >= n
+
+
+async def test_a_token_pasted_into_another_field_is_not_echoed_in_the_reason_the_record_or_the_notice(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db):
+    from shared import messaging
+
+    connection = await messaging.connect(amqp_url, "test-events")
+    told: list = []
+    try:
+        channel = await connection.channel()
+        await messaging.declare_topology(channel)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(messaging.EVENTS_EXCHANGE, routing_key="signal.rejected.v1")
+
+        async def keep(message) -> None:
+            told.append(message.body.decode())
+            await message.ack()
+
+        await queue.consume(keep)
+        async with ingress_client(amqp_url, mongo_uri, mongo_db_name) as client:
+            response = await client.post("/webhook/tradingview", data=orjson.dumps(
+                {"token": SECRET, "symbol": "BTCUSDT", "action": OTHER_SECRET, "qty": 1}))
+            body = await response.json()
+            await wait_for(lambda: _at_least(told, 1), what="the notice")
+
+            async def recorded() -> list:
+                return [r async for r in request_records(mongo_db.webhook_requests) if r["result"] == "invalid"]
+
+            [record] = await wait_for(recorded, what="the record")
+    finally:
+        await connection.close()
+    assert response.status == 400 and body["reason"].startswith("unknown action '***'")
+    for text in (body["reason"], record["reason"], told[0]):
+        assert OTHER_SECRET[:8] not in text and SECRET not in text

@@ -172,3 +172,13 @@ def test_a_hostile_placeholder_is_refused_quickly_and_not_echoed_whole():
     with pytest.raises(InvalidAlert) as error:
         signal(symbol="BTCUSDT", action="buy", qty=1, strategy="{{" * 20000 + "x}}")
     assert time.perf_counter() - started < 0.5 and len(str(error.value)) < 200
+
+
+def test_a_secret_or_the_beginning_of_one_is_redacted_from_a_reason():
+    from services.ingress.domain import redact
+
+    secret = "Zq8hT2x_5nR0pLk4wV9cYb1mJ6sEoA3uGdF7iNtH-Xe"  # as secrets.token_urlsafe(32) makes them: 43 characters
+    quoted = f"unknown action {secret[:32]!r} (buy, sell, ...)"  # the reason quotes at most 32 characters
+    assert redact(quoted, (secret,)) == "unknown action '***' (buy, sell, ...)"
+    assert redact(f"a {secret} b", (secret,)) == "a *** b"
+    assert redact("unknown action 'Zq8h' (buy)", (secret,)) == "unknown action 'Zq8h' (buy)"  # 4 characters tell nothing
