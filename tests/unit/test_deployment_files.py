@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -511,7 +510,6 @@ def test_live_overlay_trades_live_without_the_simulator():
     assert {("Deployment", "bingx-sim"), ("Service", "bingx-sim")} <= deleted
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
 @pytest.mark.parametrize("overlay", ["paper", "live"])
 def test_overlay_builds_with_kustomize(overlay):
     out = subprocess.run(
