@@ -7,12 +7,16 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 EXECUTOR_BENCH_ARGS ?=
 
-.PHONY: help venv test test-unit test-integration test-e2e run up down bench clean
+.PHONY: help venv test test-unit test-integration test-e2e run up down logs bench db-snapshot lint clean
 
 help:
 	@echo "make up      run the whole stack with docker compose (paper mode; creates .env from .env.example if missing)"
 	@echo "make test    create .venv, make sure RabbitMQ answers, start a test MongoDB, run every test"
 	@echo "make run     run the stack on local servers without Docker (paper trading at the simulator)"
+	@echo "make down    stop the docker compose stack;  make logs [SERVICE=executor]  follow its logs"
+	@echo "make bench   benchmarks (not tests): the ingress and alert-to-order latency beside baselines"
+	@echo "make db-snapshot  copy the database to backups/ before a data fix (docs/RUNBOOK.md)"
+	@echo "make lint    pyflakes over the code and the tests"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +69,25 @@ up:
 
 down:
 	docker compose down
+
+SERVICE ?=
+logs:
+	docker compose logs --follow --tail=200 $(SERVICE)
+
+# Before a data fix. Under docker compose (the database is not published): mongodump inside the mongodb container,
+# as a gzipped archive (`mongorestore --archive=<file> --gzip` reads it). Otherwise (make run, systemd, MONGO_URI
+# set): ops/scripts/db_snapshot.py writes mongodump's directory layout (`mongorestore --dir <snapshot>`).
+MONGO_DB ?= tvtb
+BACKUP_DIR ?= backups
+db-snapshot: venv
+	@if [ -z "$$MONGO_URI" ] && command -v docker >/dev/null 2>&1 && [ -n "$$(docker compose ps -q --status running mongodb 2>/dev/null)" ]; then \
+		mkdir -p $(BACKUP_DIR); file=$(BACKUP_DIR)/$(MONGO_DB)-$$(date -u +%Y%m%dT%H%M%SZ).archive.gz; \
+		docker compose exec -T mongodb mongodump --quiet --db $(MONGO_DB) --archive --gzip > "$$file" || { rm -f "$$file"; exit 1; }; \
+		echo "{\"snapshot\": \"$$file\", \"database\": \"$(MONGO_DB)\"}"; \
+	else $(PY) ops/scripts/db_snapshot.py --db $(MONGO_DB) --backups $(BACKUP_DIR); fi
+
+lint: venv
+	$(VENV)/bin/pyflakes services shared tests ops
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import pytest
@@ -360,10 +359,6 @@ async def test_a_late_reader_learns_the_newest_version_even_after_an_older_one_w
         assert (view.state.version, view.mode) == (halted.version, KillSwitchMode.HALTED)
         # And a stale version arriving now is ignored.
         assert view.apply(first) is False and view.mode is KillSwitchMode.HALTED
-
-
-async def _known(view) -> bool:
-    return view.known.is_set()
 
 
 async def test_a_change_decided_on_an_older_state_is_refused_not_undoing_a_halt(amqp_url, mongo_uri, mongo_db_name, mongo_db):

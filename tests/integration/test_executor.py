@@ -27,21 +27,10 @@ from shared.contracts import (
     decode,
     utcnow,
 )
-from tests.bingx_sim_support import make_ccxt, running_sim
+from tests.integration.conftest import KEY, SECRET
 from tests.support import wait_for
 
-KEY, SECRET = "sim-key", "sim-secret-0123456789"
 BTC = "BTC/USDT:USDT"
-
-
-@pytest.fixture
-async def venue():
-    async with running_sim(api_key=KEY, api_secret=SECRET, balance="10000", prices={"BTC-USDT": "60000", "ETH-USDT": "3000"}) as base_url:
-        ccxt_client = make_ccxt(base_url, KEY, SECRET, sandbox=False)
-        try:
-            yield base_url, ccxt_client
-        finally:
-            await ccxt_client.close()
 
 
 class Harness:

@@ -4,15 +4,10 @@ and a broker link that drops while alerts arrive."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from services.ingress.app import create_app
-from services.ingress.bootstrap import build
-from services.ingress.settings import IngressSettings
 from tests.integration.test_ingress import OTHER_SECRET, SECRET, ingress_client, queued_signals, records
 from tests.proxy import TcpProxy
 from tests.support import RABBIT_PORT, drain_signals, wait_for

@@ -10,7 +10,7 @@ import aiormq
 from shared import messaging
 from shared.contracts import Action, KillSwitchMode, SignalReceivedV1, utcnow
 from shared.messaging import LEGACY_SIGNALS_QUEUE, SIGNALS_EXCHANGE, Publisher, QueueSpec
-from tests.integration.test_executor import harness, venue  # noqa: F401 - venue is a fixture
+from tests.integration.test_executor import harness
 from tests.integration.test_messaging import ready_count
 from tests.support import wait_for
 

@@ -14,7 +14,7 @@ from services.notifier.messenger import LogMessenger
 from services.notifier.settings import NotifierSettings
 from shared import messaging
 from shared.contracts import KillSwitchMode, OrderPlacedV1, utcnow
-from tests.integration.test_executor import harness, venue  # noqa: F401 (venue is a fixture)
+from tests.integration.test_executor import harness
 from tests.support import wait_for
 
 

@@ -169,7 +169,6 @@ async def test_with_telegram_down_orders_keep_going_and_their_events_wait_in_the
         assert away.sent == [] and await mongo_db.notifications.count_documents({"sent": True}) == 0
 
 
-from tests.integration.test_executor import venue  # noqa: E402,F401 - a fixture
 
 
 class ScriptedMessenger(TimedMessenger):
