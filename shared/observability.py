@@ -85,6 +85,11 @@ class JsonFormatter(logging.Formatter):
         return value
 
 
+# Third-party chatter at INFO drowns the trading log and can carry request URLs; ccxt's DEBUG lines carry every request's
+# headers, the BingX API key among them.
+QUIET_LOGGERS = ("aio_pika", "aiormq", "pymongo", "telethon", "aiohttp.access", "ccxt")
+
+
 def setup_logging(service: str, level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     _service.set(service)
     handler = logging.StreamHandler(sys.stdout)
@@ -92,8 +97,7 @@ def setup_logging(service: str, level: str = "INFO", secrets: Iterable[str] = ()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Third-party chatter at INFO drowns the trading log and can carry request URLs.
-    for noisy in ("aio_pika", "aiormq", "pymongo", "telethon", "aiohttp.access"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

@@ -18,11 +18,12 @@ from services.control.commands import CommandTable
 from services.control.telegram import TelegramCommands
 from services.control.domain import InvalidChange, initial_mode, requested_mode
 from shared import mongo
-from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, Message, RiskLimitsV1
+from shared.contracts import KillSwitchChangedV1, KillSwitchMode, KillSwitchTripV1, Message, RiskLimitsV1, WireDecimal
 from shared.errors import ConfigurationError, PermanentError
 from shared.messaging import CONTROL_TRIPS, Consumer, PublishFailed
 from shared.runtime import raise_if_cancelling
 from shared.observability import tracing_middleware, Readiness, add_health_routes
+from shared.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,16 @@ CONTROL_KEY = web.AppKey("control", Control)
 REASON_MAX = 500  # a reason is echoed in /status, the history and Telegram
 METRICS_KEY = web.AppKey("control_metrics", object)
 TELEGRAM_KEY = web.AppKey("control_telegram", object)
+SECRETS_KEY = web.AppKey("control_secrets", tuple)
+
+
+class RiskChange(RiskLimitsV1):
+    """The limits a request may set: numbers the database stores exactly (a Decimal128 holds 34 digits, an integer 8
+    bytes). Beyond them the write failed after the request was accepted, and the answer was a 500."""
+
+    max_notional_usdt: WireDecimal | None = Field(default=None, ge=0, max_digits=34)
+    max_orders_per_minute: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    daily_loss_limit_usdt: WireDecimal | None = Field(default=None, ge=0, max_digits=34)
 
 
 class SettingsChange(BaseModel):
@@ -38,7 +49,7 @@ class SettingsChange(BaseModel):
     mode: str | None = None
     reason: str = Field("", max_length=REASON_MAX)
     force: bool = False  # turn trading on even with signals waiting in the executor's queues
-    risk: RiskLimitsV1 | None = None  # limits over the executor's RISK_* settings; a null one goes back to its setting
+    risk: RiskChange | None = None  # limits over the executor's RISK_* settings; a null one goes back to its setting
 
 
 class ControlMetrics:
@@ -82,6 +93,50 @@ def state_body(state: KillSwitchChangedV1 | None) -> dict:
 
 
 @web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every refusal is JSON with a reason, and no reason carries a secret.
+
+    A refusal aiohttp raises itself (no such route or method, a body over the size limit) is answered as the API's
+    own; the path is never quoted. A reason may quote input (a field's name, a signal id from the path), and input may
+    hold a token pasted in the wrong place: every secret the service holds is taken out, as the ingress does.
+    """
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        if not 400 <= error.status < 500 or error.content_type == "application/json":
+            raise
+        reasons = {404: "no such route (GET /openapi.json lists them)", 405: f"{request.method} is not allowed on this route"}
+        response = _error(error.status, reasons.get(error.status, error.text or error.reason))
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+    if (response.status >= 400 and isinstance(response, web.Response) and response.content_type == "application/json"
+            and isinstance(response.body, bytes) and response.body):
+        body = orjson.loads(response.body)
+        cleaned = _redacted(body, request.app[SECRETS_KEY])
+        if cleaned != body:
+            response.body = orjson.dumps(cleaned)
+    return response
+
+
+# A reason is kept in the history, published, logged and shown in Telegram: a token pasted into it would be too.
+SECRET_IN_REASON = "'reason' holds a secret (a token): write the reason without it"
+
+
+def _holds_secret(request: web.Request, text: str) -> bool:
+    return redact(text, request.app[SECRETS_KEY]) != text
+
+
+def _redacted(value: object, secrets: tuple[str, ...]) -> object:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {key: _redacted(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, secrets) for item in value]
+    return value
+
+
+@web.middleware
 async def bearer_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Everything under /bot needs `Authorization: Bearer $CONTROL_API_TOKEN`, compared in constant time."""
     if request.path.startswith("/bot") or request.path == "/status":
@@ -89,8 +144,12 @@ async def bearer_auth(request: web.Request, handler: Callable[[web.Request], Awa
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
-            log.warning("control request refused: missing or wrong bearer token", extra={"path": request.path, "peer": request.remote})
-            request.app[METRICS_KEY].requests.labels(request.path, "unauthorized").inc()
+            # The route's pattern, never the raw path: a path may hold anything (a token pasted into it), and a label
+            # per path would let anyone grow the public /metrics without end.
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            log.warning("control request refused: missing or wrong bearer token", extra={"path": route, "peer": request.remote})
+            request.app[METRICS_KEY].requests.labels(route, "unauthorized").inc()
             return _error(401, "missing or wrong bearer token")
     return await handler(request)
 
@@ -116,6 +175,8 @@ async def put_settings(request: web.Request) -> web.Response:
         return _invalid(error, "settings")
     except InvalidChange as error:
         return _error(400, str(error))
+    if _holds_secret(request, change.reason):
+        return _error(400, SECRET_IN_REASON)
     try:
         risk = handlers.merged_risk(current.risk_limits if current else None, change.risk) if change.risk is not None else None
         state = await handlers.set_mode(control.deps, mode, actor="api", reason=change.reason or "changed through the API",
@@ -194,6 +255,8 @@ async def post_flatten(request: web.Request) -> web.Response:
         body = FlattenRequest.model_validate_json(raw) if raw.strip() else FlattenRequest()
     except ValidationError as error:
         return _invalid(error, "flatten")
+    if _holds_secret(request, body.reason):
+        return _error(400, SECRET_IN_REASON)
     if body.confirm is None:
         code = await handlers.ask_flatten(control.deps, actor="api", reason=body.reason or "flatten through the API")
         metrics.requests.labels("/bot/flatten", "asked").inc()
@@ -245,6 +308,8 @@ async def post_replay(request: web.Request) -> web.Response:
         change = ReplayRequest.model_validate_json(raw) if raw.strip() else ReplayRequest()
     except ValidationError as error:
         return _invalid(error, "replay")
+    if _holds_secret(request, change.reason):
+        return _error(400, SECRET_IN_REASON)
     try:
         replay = await handlers.replay_signal(control.deps, signal_id, actor="api", reason=change.reason or "replayed through the API")
     except handlers.ReplayRefused as error:
@@ -302,8 +367,9 @@ def telegram_bot(control: Control, client_factory=None) -> TelegramCommands | No
 
 def create_app(control: Control, registry: CollectorRegistry | None = None, *, telegram_client_factory=None) -> web.Application:
     registry = registry or CollectorRegistry()
-    app = web.Application(middlewares=[tracing_middleware, bearer_auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[tracing_middleware, json_errors, bearer_auth], client_max_size=64 * 1024)
     app[CONTROL_KEY] = control
+    app[SECRETS_KEY] = tuple(secret for secret in control.settings.secret_values() if secret)
     app[METRICS_KEY] = ControlMetrics(registry)
     app[TELEGRAM_KEY] = telegram_bot(control, telegram_client_factory)
     app.router.add_get("/bot/settings", get_settings)

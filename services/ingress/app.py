@@ -17,7 +17,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.ingress.bootstrap import Ingress
-from services.ingress.domain import InvalidAlert, OutOfScope, build_signal, check_scope, fingerprint, match_token, redact
+from services.ingress.domain import (
+    InvalidAlert, OutOfScope, build_signal, check_scope, field_holding_secret, fingerprint, match_token, redact,
+)
 from services.ingress.durable import Unavailable
 from services.ingress.formats import UnreadableBody, parse_body
 from services.ingress.guards import client_address, source_allowed
@@ -157,6 +159,9 @@ async def webhook(request: web.Request) -> web.Response:
         return exchange.refuse(400, "invalid", str(error))
     except OutOfScope as error:
         return exchange.refuse(403, "forbidden", str(error))
+    if (field_name := field_holding_secret(parsed.payload, ingress.secrets)) is not None:
+        return exchange.refuse(400, "invalid", f"'{field_name}' holds a webhook token: send the token only as 'token' "
+                                               "(or in the URL path), never in another field")
     exchange.signal_id = signal.signal_id
 
     with bound_signal(signal.signal_id):

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from shared.contracts import Action, OrderType, SignalReceivedV1
+from shared.redaction import redact
 from shared.settings import WebhookToken
 
 MAX_LAG_DEFAULT_S = 60.0
@@ -24,9 +25,10 @@ _MAX_EXPONENT = 12
 _MIN_EXPONENT = -12
 # Linear on hostile input (no nested quantifier over the whole value).
 _PLACEHOLDER = re.compile(r"\{\{[^{}]{0,100}\}\}")
-_SYMBOL_CHARS = re.compile(r"^[A-Z0-9]{1,20}$")
-_ACCOUNT_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_ID_CHARS = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")  # ASCII: an AMQP message id holds at most 255 bytes
+# \Z, not $: `$` also matches before a trailing new line ('BTC\n' would pass as a market name).
+_SYMBOL_CHARS = re.compile(r"^[A-Z0-9]{1,20}\Z")
+_ACCOUNT_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
+_ID_CHARS = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")  # ASCII: an AMQP message id holds at most 255 bytes
 
 
 # What other bridges call the same actions (WunderTrading's codes, 3Commas' enter/exit).
@@ -105,19 +107,25 @@ def fingerprint(token_name: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(token_name.encode() + b"\n" + canonical).hexdigest()[:32]
 
 
-REDACT_FROM = 8  # a quoted value is cut at 32-40 characters: a secret's first characters are as secret as it
+def field_holding_secret(payload: dict[str, Any], secrets: tuple[str, ...], prefix: str = "", depth: int = 0) -> str | None:
+    """The first field whose text holds a secret (or the beginning of one, as `redact` sees it), or None.
 
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """`text` with every secret, or the longest beginning of one (8 characters or more) that it holds, as ***."""
-    for secret in secrets:
-        if len(secret) < REDACT_FROM or secret[:REDACT_FROM] not in text:
-            continue
-        for end in range(len(secret), REDACT_FROM - 1, -1):
-            if secret[:end] in text:
-                text = text.replace(secret[:end], "***")
-                break
-    return text
+    A token pasted into another field (the id, the account, the strategy) would otherwise become part of the signal:
+    stored, published, logged and shown in Telegram. Such an alert is refused instead.
+    """
+    if depth > 5:
+        return None  # build_signal refuses an alert nested this deep
+    for key, value in payload.items():
+        name = f"{prefix}{str(key)[:40]}"
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, dict):
+                found = field_holding_secret(item, secrets, f"{name}.", depth + 1)
+                if found is not None:
+                    return found
+            elif isinstance(item, str) and redact(item, secrets) != item:
+                return name
+    return None
 
 
 def signal_id_for(fingerprint_: str, payload_id: str | None, first_seen_ms: int) -> str:
@@ -196,7 +204,11 @@ def parse_alert_time(value: Any) -> datetime | None:
     if isinstance(value, str):
         text = value.strip()
         if text.replace(".", "", 1).isdigit():
-            return parse_alert_time(float(text))
+            try:
+                seconds = float(text)
+            except ValueError:  # digits float() does not read, such as '²' (isdigit() is true for it)
+                raise InvalidAlert(f"'timestamp' is not a time: {text[:40]!r} (use {{{{timenow}}}})") from None
+            return parse_alert_time(seconds)
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
