@@ -70,6 +70,11 @@ class KillSwitchUnknown(TemporaryError):
     pass
 
 
+# What tvtb_order_failures_total{reason} says: ccxt's exception class for a refusal at the venue, or our own kind.
+FAILURE_KINDS = ("AuthenticationFailed", "PermissionDenied", "InsufficientFunds", "InvalidOrder", "BadRequest",
+                 "BadSymbol", "ExchangeError", "RiskLimit", "CannotPlace", "OutcomeUnknown")
+
+
 class ExecutorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.signals = Counter("tvtb_signals_total", "Signals handled, by outcome", ["outcome"], registry=registry)
@@ -85,6 +90,12 @@ class ExecutorMetrics:
         self.drift = Counter("tvtb_position_drift_total", "Signals after which the venue's position differed from the strategy's", registry=registry)
         self.alerts = Counter("tvtb_alerts_total", "Alerts raised for an operator, by severity and kind", ["severity", "kind"], registry=registry)
         self.mode = Gauge("tvtb_killswitch_mode", "Kill-switch mode this service believes (1 for the current one)", ["mode"], registry=registry)
+        # Exported at 0 from the start: a counter's series that first appears at 1 is invisible to increase(), and
+        # the SEV1 alert on a refused key would then miss the one trip that matters.
+        for severity in ("SEV1", "SEV2"):
+            self.alerts.labels(severity, "kill_switch_tripped")
+        for reason in FAILURE_KINDS:
+            self.failures.labels(reason)
 
     def show_shards(self, owned: set[int]) -> None:
         self.shards.set(len(owned))
@@ -168,7 +179,6 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
     except OrderRejected as error:
         # Refused for good (a revoked key, a bad request) wherever it happened: recorded and reported, never dropped.
         deps.exchange.forget_settings(signal.symbol)
-        deps.metrics.failures.labels(error.error_type).inc()
         if isinstance(error, ExchangeAuthFailed):
             await _trip(deps, KillSwitchMode.HALTED, "SEV1", signal.signal_id,
                         f"BingX refused the API key ({error.reason}): it may be revoked or leaked; check it before trading again")
@@ -661,7 +671,10 @@ async def _finish(deps: ExecutorDeps, signal: SignalReceivedV1, status: str, eve
 
 
 async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error_type: str, status: str = FAILED) -> None:
+    """Every failure, of whatever kind (a refusal at the venue, a risk limit, a size that cannot be placed), is
+    counted by kind in tvtb_order_failures_total, which the dashboard and the OrderFailures alert read."""
     deps.metrics.orders.labels(status).inc()
+    deps.metrics.failures.labels(error_type).inc()
     await _finish(deps, signal, status, OrderFailedV1(
         signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
         reason=reason, error_type=error_type, failed_at=utcnow(),

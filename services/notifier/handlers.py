@@ -19,6 +19,8 @@ class NotifierMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.notifications = Counter("tvtb_notifications_total", "Notifications by result (one per event and chat)", ["result"],
                                      registry=registry)
+        for result in ("sent", "failed", "delayed", "duplicate"):  # exported at 0: increase() sees the first one
+            self.notifications.labels(result)
         self.queued = Counter("tvtb_notifications_queued_total", "Notifications queued (one per event and chat)", registry=registry)
         self.digests = Counter("tvtb_notification_digests_total", "Digests sent: several events in one message", registry=registry)
 

@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import time
 
 import aiohttp
@@ -132,6 +133,16 @@ async def test_every_curl_command_of_the_runbook_answers_2xx_in_its_order(stack,
         return docs.get("runbook-open") == "placed" and [p["signal_id"] for p in parked] == ["runbook-late"]
 
     await wait_for(settled, timeout=30, what="the open placed and the late alert parked")
+
+    # `docker compose exec executor python -m shared.probe 9102 /readyz`: the same module, at this stack's executor.
+    probes = [shlex.split(c)[3:] for c in commands() if c.startswith("docker compose exec executor ")]
+    assert probes
+    for argv in probes:
+        assert argv[:4] == ["executor", "python", "-m", "shared.probe"], argv
+        local = [sys.executable, "-m", "shared.probe", str(stack.ports["executor"]), *argv[5:]]
+        out = await asyncio.to_thread(subprocess.run, local, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stdout.startswith("200 "), out.stdout + out.stderr
+        assert json.loads(out.stdout[4:])["killswitch"]["known"] is True
 
     curls = [c for c in commands() if c.startswith("curl ")]
     (prelude,) = [c for c in commands() if c.startswith("API=")]

@@ -21,8 +21,12 @@ from tests.support import wait_for
 async def test_the_executor_serves_its_metrics(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):  # noqa: F811
     async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
         await h.set_mode(KillSwitchMode.RUNNING)
-        assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "placed"
         async with TestClient(TestServer(executor_app(h.executor, h.consumer))) as client:
+            before = await (await client.get("/metrics")).text()
+            assert (await h.settled(await h.send(qty=Decimal("0.01"))))["status"] == "placed"
+            # Below BTC's minimum quantity: refused before it is sent, and counted as a failure all the same.
+            assert (await h.settled(await h.send(qty=Decimal("0.00001"))))["status"] == "failed"
+
             async def counted() -> str | None:
                 # The counter moves just after the record is written, so it is polled, not read once.
                 response = await client.get("/metrics")
@@ -31,6 +35,10 @@ async def test_the_executor_serves_its_metrics(amqp_url, mongo_uri, mongo_db_nam
                 return text if 'tvtb_signals_total{outcome="placed"} 1.0' in text else None
 
             text = await wait_for(counted, what="the placed signal in /metrics")
+    # Series the alert rules take increase() of exist at 0 before anything happened: the first trip is seen.
+    assert 'tvtb_alerts_total{kind="kill_switch_tripped",severity="SEV1"} 0.0' in before
+    assert 'tvtb_order_failures_total{reason="AuthenticationFailed"} 0.0' in before
+    assert 'tvtb_order_failures_total{reason="CannotPlace"} 1.0' in text
     assert 'tvtb_killswitch_mode{mode="running"} 1.0' in text
     assert "# TYPE tvtb_signal_to_order_seconds histogram" in text
 
@@ -52,6 +60,7 @@ async def test_the_notifier_serves_its_metrics(amqp_url, mongo_uri, mongo_db_nam
         await connection.close()
     assert response.status == 200 and response.content_type == "text/plain"
     assert 'tvtb_notifications_total{result="sent"} 1.0' in text
+    assert 'tvtb_notifications_total{result="failed"} 0.0' in text  # there at 0 for increase() in NotifierFailing
 
 
 async def test_the_ingress_and_the_notifier_show_the_kill_switch_mode_they_believe(amqp_url, mongo_uri, mongo_db_name, mongo_db):
