@@ -29,28 +29,38 @@ async def traced_stack(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path):
         await receiver.stop()
 
 
-async def test_one_alert_is_one_trace_from_the_webhook_through_the_exchange_call_to_the_notification(traced_stack, mongo_db):
+@pytest.mark.parametrize("traceparent", [True, False], ids=["behind-a-tracing-proxy", "as-tradingview-sends-it"])
+async def test_one_alert_is_one_trace_from_the_webhook_through_the_exchange_call_to_the_notification(
+        traced_stack, mongo_db, traceparent):
     stack, receiver = traced_stack
     await put_settings(stack, autotrade=True, reason="e2e: tracing")
     body = {"token": WEBHOOK_SECRET, "id": "traced-e2e", "symbol": "BTCUSDT.P", "action": "buy", "qty": "0.01"}
+    # A sampled W3C traceparent, as a proxy in front of the ingress would send: the trace to follow. TradingView
+    # sends none: then the ingress starts the trace, found by its webhook span.
+    headers = {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"} if traceparent else {}
     async with aiohttp.ClientSession() as session:
-        # A sampled W3C traceparent, as a proxy in front of the ingress would send: the trace to follow.
         async with session.post(stack.url("ingress", "/webhook/tradingview"), data=orjson.dumps(body),
-                                headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}) as response:
+                                headers=headers) as response:
             assert response.status == 200
+
+    async def webhook_trace() -> str | None:
+        roots = [s for s in receiver.spans if s.service == "tvtb-ingress" and s.name == "POST /webhook/tradingview"]
+        return roots[0].trace_id if roots else None
+
+    trace_id = TRACE_ID if traceparent else await wait_for(webhook_trace, timeout=30, what="the webhook's span")
 
     def told() -> list:
         """The notifier's send of this alert: in its trace when it went alone, linked to it when in a digest."""
         return [s for s in receiver.spans if s.service == "tvtb-notifier" and s.name.startswith("telegram send")
-                and (s.trace_id == TRACE_ID or any(trace_id == TRACE_ID for trace_id, _ in s.links))]
+                and (s.trace_id == trace_id or any(linked == trace_id for linked, _ in s.links))]
 
     async def whole_trace() -> bool:
-        names = {(s.service, s.name) for s in receiver.of_trace(TRACE_ID)}
+        names = {(s.service, s.name) for s in receiver.of_trace(trace_id)}
         return ({("tvtb-ingress", "POST /webhook/tradingview"), ("tvtb-executor", "bingx create_order"),
                  ("tvtb-notifier", "process notifier.events")} <= names) and bool(told())
 
     await wait_for(whole_trace, timeout=30, interval=0.2, what="the alert's spans from the three services")
-    spans = receiver.of_trace(TRACE_ID)
+    spans = receiver.of_trace(trace_id)
     by_id = {s.span_id: s for s in spans}
     order = next(s for s in spans if s.name == "bingx create_order")
     # The exchange call sits inside the executor's handling of the signal, which continues the ingress's publish.
@@ -63,4 +73,3 @@ async def test_one_alert_is_one_trace_from_the_webhook_through_the_exchange_call
     assert any(service == "tvtb-executor" and name.startswith("process executor.signals.") for service, name in chain)
     assert {s.service for s in spans} >= {"tvtb-ingress", "tvtb-executor", "tvtb-notifier"}
     print("\n" + "\n".join(f"{s.service:14} {s.name}" for s in spans))
-
