@@ -457,7 +457,7 @@ def test_k8s_services_select_a_deployment_port():
 def kustomization_paths(path: Path) -> list[Path]:
     """Every file or directory a kustomization names."""
     k = yaml.safe_load(path.read_text())
-    names = list(k.get("resources", []))
+    names = list(k.get("resources", [])) + list(k.get("components", []))
     names += [p["path"] for p in k.get("patches", []) if "path" in p]
     for generator in k.get("configMapGenerator", []):
         names += [f.rpartition("=")[2] for f in generator.get("files", [])] + generator.get("envs", [])
@@ -484,7 +484,10 @@ def config_literals(path: Path) -> dict[str, str]:
 
 
 def test_k8s_config_uses_only_known_settings():
-    for path in KUSTOMIZATIONS:
+    with_config = [path for path in KUSTOMIZATIONS
+                   if any(g["name"] == "tvtb-config" for g in yaml.safe_load(path.read_text()).get("configMapGenerator", []))]
+    assert len(with_config) == 3  # the base and both overlays
+    for path in with_config:
         assert set(config_literals(path)) <= APP_ENV, path
 
 

@@ -330,3 +330,76 @@ def test_a_pod_with_a_persistent_volume_can_write_to_it(overlay):
             with_claims += 1
             assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsGroup"], name
     assert with_claims >= 2  # the notifier's and the control bot's Telegram sessions
+
+
+# --- monitoring: the Prometheus Operator component ----------------------------------------------------------------
+
+SELECTOR = {"type": "object", "properties": {"matchLabels": {"type": "object"}, "matchExpressions": {"type": "array"}},
+            "additionalProperties": False}
+RELABELING = closed({"action": {"enum": ["replace", "keep", "drop", "labelmap"]}, "sourceLabels": {"type": "array"},
+                     "targetLabel": STRING, "replacement": STRING, "regex": STRING})
+CRD_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")] = closed({
+    "apiVersion": STRING, "kind": STRING, "metadata": METADATA,
+    "spec": closed({
+        "selector": SELECTOR,
+        "endpoints": {"type": "array", "items": closed({
+            "port": STRING, "path": STRING, "interval": STRING, "relabelings": {"type": "array", "items": RELABELING},
+        }, ("port",))},
+    }, ("selector", "endpoints")),
+}, ("apiVersion", "kind", "metadata", "spec"))
+CRD_SCHEMAS[("monitoring.coreos.com/v1", "PrometheusRule")] = closed({
+    "apiVersion": STRING, "kind": STRING, "metadata": METADATA,
+    "spec": closed({"groups": {"type": "array", "items": closed({
+        "name": STRING, "interval": STRING,
+        "rules": {"type": "array", "items": closed({
+            "alert": STRING, "record": STRING, "expr": STRING, "for": STRING,
+            "labels": {"type": "object"}, "annotations": {"type": "object"},
+        }, ("expr",))},
+    }, ("name", "rules"))}}, ("groups",)),
+}, ("apiVersion", "kind", "metadata", "spec"))
+
+
+def scraped_labels(monitor: dict, service: dict, port_name: str) -> dict | None:
+    """The job and service labels the operator's relabelings give a target, or None when the monitor does not pick
+    this Service's port (its defaults: job = the Service's name, service = the Service's name)."""
+    if not selects(monitor["spec"]["selector"], service["metadata"].get("labels", {})):
+        return None
+    for endpoint in monitor["spec"]["endpoints"]:
+        if endpoint["port"] != port_name:
+            continue
+        labels = {"job": service["metadata"]["name"], "service": service["metadata"]["name"],
+                  "__meta_kubernetes_service_name": service["metadata"]["name"]}
+        for rule in endpoint.get("relabelings", []):
+            assert rule["action"] == "replace" and "regex" not in rule  # what this simulation knows
+            if "sourceLabels" in rule:  # regex (.*), replacement $1: the joined values
+                labels[rule["targetLabel"]] = ";".join(labels.get(s, "") for s in rule["sourceLabels"])
+            else:
+                labels[rule["targetLabel"]] = rule["replacement"]
+        return {"job": labels["job"], "service": labels["service"], "path": endpoint.get("path", "/metrics")}
+    return None
+
+
+def test_live_is_scraped_with_the_labels_the_alert_rules_select_on():
+    monitors = objects("live", "ServiceMonitor")
+    for name, service in objects("live", "Service").items():
+        (port,) = service["spec"]["ports"]
+        found = [labels for m in monitors.values() if (labels := scraped_labels(m, service, port["name"]))]
+        assert found == [{"job": "tvtb", "service": name, "path": "/metrics"}], name
+    # The broker's Service is the operator's: labelled with the cluster's name, its metrics port named `prometheus`.
+    broker = {"metadata": {"name": "rabbitmq", "labels": {"app.kubernetes.io/name": "rabbitmq"}}}
+    assert scraped_labels(monitors["rabbitmq"], broker, "prometheus") == \
+        {"job": "rabbitmq", "service": "rabbitmq", "path": "/metrics/per-object"}
+    rules = (ROOT / "ops" / "prometheus" / "rules.yml").read_text()
+    assert 'job="tvtb"' in rules and 'service="executor"' in rules and 'job="rabbitmq"' in rules
+
+
+def test_the_clusters_alert_rules_are_the_ones_of_ops_prometheus():
+    """k8s/components/monitoring/prometheusrule.yaml is rendered from ops/prometheus/rules.yml; they never differ."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_k8s_rules", ROOT / "ops" / "scripts" / "render_k8s_rules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.TARGET.read_text() == module.render(), "run ops/scripts/render_k8s_rules.py"
+    (rule,) = objects("live", "PrometheusRule").values()
+    assert rule["spec"]["groups"] == yaml.safe_load((ROOT / "ops" / "prometheus" / "rules.yml").read_text())["groups"]
