@@ -4,7 +4,8 @@ The signal's document in `signals` is the state machine:
   received -> submitting -> placed | failed        (an order was attempted)
   received -> skipped | expired | failed           (it never reached the venue)
 `submitting` is written before the order is sent, so after a crash or a timeout the venue is asked for the
-client order id before anything is sent again.
+client order id before anything is sent again; and while a request sent earlier may still land at the venue
+(REQUEST_MAY_LAND_S), the signal is not recorded skipped or expired on the strength of that answer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -68,6 +69,17 @@ TERMINAL = frozenset({PLACED, FAILED, SKIPPED, EXPIRED, UNKNOWN})
 
 class KillSwitchUnknown(TemporaryError):
     pass
+
+
+# BingX carries a signed request out as long as it arrives within its recvWindow of the request's timestamp: 5 s, as
+# ccxt sends none (bingx-ccxt-wire.md §2). An order request held up on the way may so land after the executor gave up
+# on it and looked it up in vain; a second more for the difference between our clock and BingX's.
+REQUEST_MAY_LAND_S = 6.0
+
+
+class EarlierRequestMayLand(TemporaryError):
+    """An order request of an earlier attempt, not found at the venue, may still be carried out: the signal is not
+    recorded skipped or expired before that can no longer happen (it is looked up again then)."""
 
 
 # What tvtb_order_failures_total{reason} says: ccxt's exception class for a refusal at the venue, or our own kind.
@@ -328,6 +340,7 @@ async def resume_trips(deps: ExecutorDeps) -> None:
 
 async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps) -> None:
     legs: list[dict] | None = None
+    looked_at = utcnow()  # the venue's answers below say nothing of requests landing after this
     if document["status"] == SUBMITTING:
         legs = _stored_legs(document, signal)
         # A previous attempt may have reached the venue: ask for every leg not yet recorded, before anything else.
@@ -359,6 +372,7 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
     now = utcnow()
     refusal = domain.kill_switch_refusal(mode, signal.action, signal.reduce_only)
     if refusal is not None:
+        _unless_earlier_request_may_land(document, legs, looked_at, refusal)
         if deps.breaker.tripped is not None and mode is not deps.view.mode:
             refusal = f"{refusal} (tripped by the executor: {deps.breaker.tripped.reason})"
         if legs and legs[0].get("order_id"):
@@ -374,6 +388,7 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
     deps.metrics.signal_age.observe(max(age, 0.0))
     if age > signal.max_lag_s:
         reason = f"older than its max lag ({age:.1f}s > {signal.max_lag_s:.0f}s); parked for replay"
+        _unless_earlier_request_may_land(document, legs, looked_at, reason)
         if legs and legs[0].get("order_id"):
             await _finish_placed(deps, signal, legs, stopped=reason)
             return
@@ -405,11 +420,16 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
         # Every leg and its client order id is written before the first is sent: after a crash, each is looked up.
         legs = [{**dataclasses.asdict(plan), "client_order_id": domain.client_order_id(signal.signal_id, n), "order_id": None}
                 for n, plan in enumerate(plans)]
+        written = utcnow()
         await deps.db.signals.update_one(
             {"_id": signal.signal_id},
-            {"$set": {"status": SUBMITTING, "client_order_id": legs[0]["client_order_id"], "legs": legs, "updated_at": utcnow()},
+            {"$set": {"status": SUBMITTING, "client_order_id": legs[0]["client_order_id"], "legs": legs, "updated_at": written,
+                      "sent_at": written},
              "$inc": {"attempts": 1}},
         )
+        stamped = True  # the first send's time is written with the legs, in the same round trip
+    else:
+        stamped = False
     for index, leg in enumerate(legs):
         if leg.get("order_id"):
             continue
@@ -419,6 +439,10 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
             if stop is not None:
                 await _finish_placed(deps, signal, legs, stopped=stop)
                 return
+        if not stamped:
+            # When the latest order request went out: until REQUEST_MAY_LAND_S later it may still land at the venue.
+            await deps.db.signals.update_one({"_id": signal.signal_id}, {"$set": {"sent_at": utcnow()}})
+        stamped = False
         try:
             placed = await _send(deps, signal, leg)
         except OrderRejected as error:
@@ -466,6 +490,21 @@ def _stop_before_next_leg(deps: ExecutorDeps, signal: SignalReceivedV1) -> str |
     if age > signal.max_lag_s:
         return f"older than its max lag ({age:.1f}s > {signal.max_lag_s:.0f}s)"
     return None
+
+
+def _unless_earlier_request_may_land(document: dict, legs: list[dict] | None, looked_at: datetime, outcome: str) -> None:
+    """Before a signal whose order requests went out is recorded as not (fully) placed: an earlier request the venue
+    did not show may still be carried out. Until that can no longer happen, the message goes back and the venue is
+    asked again then, so an order is never left at BingX behind a record that says skipped or expired."""
+    if document["status"] != SUBMITTING or not legs or all(leg.get("order_id") for leg in legs):
+        return
+    sent = document.get("sent_at") or document.get("updated_at")
+    if sent is None:
+        return
+    until = sent + timedelta(seconds=REQUEST_MAY_LAND_S)
+    if looked_at < until:
+        raise EarlierRequestMayLand(f"an order request sent at {sent.isoformat()} may still reach BingX until "
+                                    f"{until.isoformat()}; the venue is asked again then, before this is recorded: {outcome}")
 
 
 def _stored_legs(document: dict, signal: SignalReceivedV1) -> list[dict]:

@@ -40,6 +40,7 @@ class Stack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     modules: dict[str, str] = field(default_factory=dict)  # a second executor runs services.executor too
     extra_env: dict[str, str] = field(default_factory=dict)  # added to every service's environment
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> added to that one's only
 
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
@@ -70,7 +71,7 @@ class Stack:
     def start(self, name: str, module: str | None = None) -> None:
         """Start `services.<module>` (the name's own by default) as `name`, on a port of its own."""
         module = self.modules.setdefault(name, module or name)
-        env = self.env()
+        env = {**self.env(), **self.service_env.get(name, {})}
         env[SERVICES[module][0]] = str(self.ports.setdefault(name, free_port()))
         if module == "bingx_sim":
             # The venue keeps its paper accounts in memory here: its own persistence has tests of its own, and its

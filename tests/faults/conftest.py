@@ -1,0 +1,18 @@
+"""A stack per scenario: fresh vhost, fresh database, fresh simulator; stopped whatever happens."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.stack import Stack
+from tests.faults.harness import forget
+
+
+@pytest.fixture
+async def stack(amqp_url, mongo_uri, mongo_db_name, tmp_path):
+    running = Stack(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, logs=tmp_path)
+    try:
+        yield running
+    finally:
+        await running.stop_all()
+        forget(running)
