@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 EXECUTOR_BENCH_ARGS ?=
 
-.PHONY: help venv test test-unit test-integration test-e2e run up down logs bench db-snapshot lint clean
+.PHONY: help venv test test-unit test-integration test-e2e run up down logs bench db-snapshot lint fault-report soak clean
 
 help:
 	@echo "make up      run the whole stack with docker compose (paper mode; creates .env from .env.example if missing)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench   benchmarks (not tests): the ingress and alert-to-order latency beside baselines"
 	@echo "make db-snapshot  copy the database to backups/ before a data fix (docs/RUNBOOK.md)"
 	@echo "make lint    pyflakes over the code and the tests"
+	@echo "make fault-report  the fault suite, then its table (README);  make soak  the fault suite 5 times in a row"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +86,25 @@ db-snapshot: venv
 		docker compose exec -T mongodb mongodump --quiet --db $(MONGO_DB) --archive --gzip > "$$file" || { rm -f "$$file"; exit 1; }; \
 		echo "{\"snapshot\": \"$$file\", \"database\": \"$(MONGO_DB)\"}"; \
 	else $(PY) ops/scripts/db_snapshot.py --db $(MONGO_DB) --backups $(BACKUP_DIR); fi
+
+# The fault suite (part of `make test`) with each scenario's books written down, then the README's table of them.
+fault-report: venv
+	./ops/scripts/ensure-rabbitmq.sh
+	mkdir -p bench/out && rm -f bench/out/faults.jsonl
+	FAULT_REPORT=bench/out/faults.jsonl $(VENV)/bin/pytest -q -p no:cacheprovider tests/faults
+	$(PY) -m tests.faults.report bench/out/faults.jsonl
+
+# Soak: the fault suite SOAK_ROUNDS times in a row (5 by default, about 12 minutes), stopping at the first failure;
+# races that one run misses show up over rounds. Then the table of every round together. Not part of `make test`.
+SOAK_ROUNDS ?= 5
+soak: venv
+	./ops/scripts/ensure-rabbitmq.sh
+	mkdir -p bench/out && rm -f bench/out/soak.jsonl
+	for round in $$(seq 1 $(SOAK_ROUNDS)); do \
+		echo "soak: round $$round of $(SOAK_ROUNDS)"; \
+		FAULT_REPORT=bench/out/soak.jsonl $(VENV)/bin/pytest -q -p no:cacheprovider tests/faults || exit 1; \
+	done
+	$(PY) -m tests.faults.report bench/out/soak.jsonl --total
 
 lint: venv
 	$(VENV)/bin/pyflakes services shared tests ops

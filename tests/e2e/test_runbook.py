@@ -21,7 +21,7 @@ import orjson
 import pytest
 import yaml
 
-from tests.e2e.stack import CONTROL_TOKEN, SECRETS, WEBHOOK_SECRET, Stack
+from tests.e2e.stack import CONTROL_TOKEN, WEBHOOK_SECRET, Stack
 from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -96,17 +96,6 @@ async def test_the_broker_commands_the_runbook_runs_in_its_container_work_on_a_b
             return ["executor.signals.0", "1", "0", "0"] in [line.split() for line in out.stdout.splitlines()]
 
         await wait_for(listed, timeout=30, interval=0.5, what=f"{argv} to list the waiting signal")
-
-
-@pytest.fixture
-async def stack(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path):
-    running = Stack(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, logs=tmp_path)
-    try:
-        await running.start_all()
-        yield running
-    finally:
-        await running.stop_all()
-        assert not [s for s in SECRETS if s in running.all_logs()], "a secret reached a log line"
 
 
 async def post_alert(stack: Stack, **payload) -> dict:

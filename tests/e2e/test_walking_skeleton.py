@@ -9,27 +9,12 @@ import orjson
 import pytest
 
 from tests.bingx_sim_support import make_ccxt
-from tests.e2e.stack import BINGX_KEY, BINGX_SECRET, CONTROL_TOKEN, SECRETS, WEBHOOK_SECRET, Stack
+from tests.e2e.stack import BINGX_KEY, BINGX_SECRET, CONTROL_TOKEN, WEBHOOK_SECRET, Stack
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 BTC = "BTC/USDT:USDT"
 AUTH = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
-
-
-@pytest.fixture
-async def stack(amqp_url, mongo_uri, mongo_db_name, mongo_db, tmp_path):
-    running = Stack(amqp_url=amqp_url, mongo_uri=mongo_uri, mongo_db=mongo_db_name, logs=tmp_path)
-    try:
-        await running.start_all()
-        yield running
-    finally:
-        await running.stop_all()
-        leaked = [s for s in SECRETS if s in running.all_logs()]
-        assert not leaked, "a secret reached a log line"
-        for name in await mongo_db.list_collection_names():
-            stored = str(await mongo_db[name].find({}).to_list(None))
-            assert not [s for s in SECRETS if s in stored], f"a secret reached the {name} collection"
 
 
 @pytest.fixture
