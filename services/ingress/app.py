@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.ingress.bootstrap import Ingress
 from services.ingress.domain import (
-    InvalidAlert, OutOfScope, build_signal, check_scope, field_holding_secret, fingerprint, match_token, redact,
+    InvalidAlert, OutOfScope, build_signal, check_scope, fingerprint, match_token, secret_in_signal,
 )
 from services.ingress.durable import Unavailable
 from services.ingress.formats import UnreadableBody, parse_body
@@ -27,6 +27,7 @@ from shared import mongo
 from shared.killswitch import expose_mode
 from shared.contracts import SignalRejectedV1, utcnow
 from shared.observability import LATENCY_BUCKETS, Readiness, add_health_routes, bound_signal, tracing_middleware
+from shared.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ async def webhook(request: web.Request) -> web.Response:
         return exchange.refuse(400, "invalid", str(error))
     except OutOfScope as error:
         return exchange.refuse(403, "forbidden", str(error))
-    if (field_name := field_holding_secret(parsed.payload, ingress.secrets)) is not None:
+    if (field_name := secret_in_signal(signal, ingress.token_secrets)) is not None:
         return exchange.refuse(400, "invalid", f"'{field_name}' holds a webhook token: send the token only as 'token' "
                                                "(or in the URL path), never in another field")
     exchange.signal_id = signal.signal_id

@@ -36,6 +36,7 @@ class Ingress:
     killswitch: KillSwitchView = field(default_factory=KillSwitchView)
     rejections: RejectionNotices | None = None  # set in build(): refusals told to the trader through the notifier
     secrets: tuple[str, ...] = ()  # every secret the process holds, kept out of the reasons it gives
+    token_secrets: tuple[str, ...] = ()  # the webhook tokens' secrets: never let into a signal
 
 
 async def _stop(task: asyncio.Task) -> None:
@@ -62,6 +63,7 @@ async def build(settings: IngressSettings) -> AsyncIterator[Ingress]:
         )
         ingress.rejections = RejectionNotices(publisher)
         ingress.secrets = tuple(secret for secret in settings.secret_values() if secret)
+        ingress.token_secrets = tuple(token.secret.get_secret_value() for token in settings.webhook_tokens)
         stack.push_async_callback(ingress.rejections.close)
         view, reader = await follow(infra.connection)
         stack.push_async_callback(reader.stop)

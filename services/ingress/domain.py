@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 
 from shared.contracts import Action, OrderType, SignalReceivedV1
-from shared.redaction import redact
 from shared.settings import WebhookToken
 
 MAX_LAG_DEFAULT_S = 60.0
@@ -107,24 +106,21 @@ def fingerprint(token_name: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(token_name.encode() + b"\n" + canonical).hexdigest()[:32]
 
 
-def field_holding_secret(payload: dict[str, Any], secrets: tuple[str, ...], prefix: str = "", depth: int = 0) -> str | None:
-    """The first field whose text holds a secret (or the beginning of one, as `redact` sees it), or None.
+SECRET_IN_SIGNAL_FROM = 12  # a pasted token starts with its beginning; shorter runs are left to chance names
 
-    A token pasted into another field (the id, the account, the strategy) would otherwise become part of the signal:
-    stored, published, logged and shown in Telegram. Such an alert is refused instead.
+
+def secret_in_signal(signal: SignalReceivedV1, secrets: tuple[str, ...]) -> str | None:
+    """The first text field of the signal (its id, account, strategy, ...) holding a webhook token, or the first 12
+    characters of one, without regard to case; else None.
+
+    A token pasted into another field of the alert would otherwise become part of the signal: stored, published,
+    logged and shown in Telegram. Such an alert is refused. Only what the signal keeps is looked at: a token in a
+    field the signal drops goes nowhere, and refusing it would lose an alert (TradingView does not resend a 4xx).
     """
-    if depth > 5:
-        return None  # build_signal refuses an alert nested this deep
-    for key, value in payload.items():
-        name = f"{prefix}{str(key)[:40]}"
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if isinstance(item, dict):
-                found = field_holding_secret(item, secrets, f"{name}.", depth + 1)
-                if found is not None:
-                    return found
-            elif isinstance(item, str) and redact(item, secrets) != item:
-                return name
+    needles = [secret[:SECRET_IN_SIGNAL_FROM].lower() for secret in secrets if secret]
+    for name, value in signal:
+        if isinstance(value, str) and any(needle in value.lower() for needle in needles):
+            return name
     return None
 
 

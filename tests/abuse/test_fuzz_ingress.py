@@ -19,9 +19,10 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from services.ingress.domain import InvalidAlert, build_signal, field_holding_secret, fingerprint, match_token, redact
+from services.ingress.domain import InvalidAlert, build_signal, fingerprint, match_token, secret_in_signal
 from services.ingress.formats import TOKEN_KEYS, UnreadableBody, parse_body
 from shared.contracts import Action, OrderType, SignalReceivedV1, decode, encode
+from shared.redaction import redact
 from shared.settings import parse_webhook_tokens
 from tests.abuse.apps import OnLoop, answer, ingress_client, routed
 from tests.abuse.secrets_scan import SECRETS, WEBHOOK_OTHER_SECRET, WEBHOOK_SECRET, WEBHOOK_TOKENS, SecretScan
@@ -244,8 +245,8 @@ def parse(raw: bytes) -> SignalReceivedV1 | None:
         reason = redact(str(error), WEBHOOK_SECRETS)
         assert not SCAN.leaks_in(reason), f"the reason given holds a token: {reason!r}"
         return None
-    if field_holding_secret(parsed.payload, WEBHOOK_SECRETS) is not None:
-        return None  # the webhook refuses a valid alert that carries its token in another field too
+    if secret_in_signal(signal, WEBHOOK_SECRETS) is not None:
+        return None  # the webhook refuses a valid alert whose signal would carry its token
     assert_valid_signal(signal)
     assert not SCAN.leaks_in(signal.model_dump_json()), f"the signal holds a token: {signal!r}"
     return signal

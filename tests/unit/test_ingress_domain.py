@@ -175,10 +175,29 @@ def test_a_hostile_placeholder_is_refused_quickly_and_not_echoed_whole():
 
 
 def test_a_secret_or_the_beginning_of_one_is_redacted_from_a_reason():
-    from services.ingress.domain import redact
+    from shared.redaction import redact
 
     secret = "Zq8hT2x_5nR0pLk4wV9cYb1mJ6sEoA3uGdF7iNtH-Xe"  # as secrets.token_urlsafe(32) makes them: 43 characters
     quoted = f"unknown action {secret[:32]!r} (buy, sell, ...)"  # the reason quotes at most 32 characters
     assert redact(quoted, (secret,)) == "unknown action '***' (buy, sell, ...)"
     assert redact(f"a {secret} b", (secret,)) == "a *** b"
     assert redact("unknown action 'Zq8h' (buy)", (secret,)) == "unknown action 'Zq8h' (buy)"  # 4 characters tell nothing
+
+
+def test_a_token_is_kept_out_of_the_signal_but_a_name_that_shares_a_few_letters_with_it_is_not_refused():
+    """The alert is refused only when what the signal keeps (id, account, strategy, ...) holds the token or its
+    first 12 characters: a strategy named like the start of a token is an ordinary alert, which a 400 would lose
+    (TradingView does not resend a 4xx); a token in a field the signal drops goes nowhere."""
+    from services.ingress.domain import secret_in_signal
+
+    token = "tradingview-2024-Q7pW3kZx9"
+    received = datetime(2026, 12, 4, tzinfo=timezone.utc)
+
+    def signal(**fields) -> SignalReceivedV1:
+        payload = {"symbol": "BTCUSDT.P", "action": "buy", "qty": "0.01", **fields}
+        return build_signal(payload, token_name="main", received_at=received, fingerprint_="f" * 16)
+
+    assert secret_in_signal(signal(strategy="TradingView Supertrend"), (token,)) is None
+    assert secret_in_signal(signal(note=token), (token,)) is None  # dropped by the signal
+    assert secret_in_signal(signal(id=token), (token,)) == "signal_id"
+    assert secret_in_signal(signal(strategy=f"x {token[:12].upper()} y"), (token,)) == "strategy"
