@@ -351,14 +351,23 @@ class Dispatcher:
             with contextlib.suppress(ValueError):
                 chat.items.remove(item)
         delay = 0.5
-        while True:
-            try:
-                await self._record(items, fields)
-                break
-            except PyMongoError as error:
-                log.warning("notification outcome not recorded yet", extra={"chat_id": chat.chat_id, "error": type(error).__name__})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        try:
+            while True:
+                try:
+                    await self._record(items, fields)
+                    break
+                except PyMongoError as error:
+                    log.warning("notification outcome not recorded yet", extra={"chat_id": chat.chat_id, "error": type(error).__name__})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        except asyncio.CancelledError:
+            # Stopping (close()) before the outcome was recorded: these items have left the queue, where close() looks
+            # for what was not told, so their events are given back here. Unrecorded, a chat may see one again after
+            # the restart; without this the events' handlers waited for ever and the notifier never stopped.
+            for item in items:
+                if not item.tracker.done.done():
+                    item.tracker.done.cancel()
+            raise
         for item in items:
             self._count_down(item)
 

@@ -240,3 +240,50 @@ async def test_a_group_gets_at_most_one_message_every_three_seconds(amqp_url, mo
         await publisher.publish(placed("g-2"), exchange=messaging.EVENTS_EXCHANGE, message_id="g-2:OrderPlacedV1")
         await wait_for(lambda: sent_count(mongo_db, 2), timeout=10, what="the second")
     assert messenger.sent[1][3] - messenger.sent[0][3] >= 2.9  # 20 a minute for a group, not 1 a second
+
+
+async def test_stopping_while_a_told_event_is_being_recorded_gives_the_event_back_and_stops(
+        broker_vhost, mongo_uri, mongo_db_name, mongo_db):
+    """SIGTERM between Telegram accepting a message and its record being written: the notifier must still stop (it
+    used to wait for ever on the event's handler), and the event goes back to its queue, since its outcome is not
+    recorded."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from tests.proxy import TcpProxy
+    from tests.support import queue_info
+
+    vhost, amqp_url = broker_vhost
+    target = urlsplit(mongo_uri)
+    proxy = await TcpProxy(target.hostname, target.port).start()
+    through = mongo_uri.replace(f":{target.port}/", f":{proxy.port}/")
+    # directConnection: the test server names itself as a member on its own port, which would bypass the proxy.
+    through += ("&" if "?" in through else "?") + "directConnection=true&serverSelectionTimeoutMS=300"
+
+    class CutAfterSending(TimedMessenger):
+        async def send(self, chat_id: int, html: str, *, silent: bool = False) -> None:
+            await super().send(chat_id, html, silent=silent)
+            proxy.cut()  # the record of what was just told cannot be written now
+
+    messenger = CutAfterSending()
+    try:
+        async def run() -> None:
+            async with notifier(amqp_url, through, mongo_db_name, messenger, chat_ids=(111,)) as publisher:
+                await publisher.publish(placed("stop-1"), exchange=messaging.EVENTS_EXCHANGE, message_id="stop-1:OrderPlacedV1")
+                await wait_for(lambda: _sent(messenger), timeout=10, what="Telegram to accept the message")
+
+        await asyncio.wait_for(run(), timeout=20)  # the notifier stops, though the record never got written
+    finally:
+        proxy.restore()
+        await proxy.stop()
+    assert len(messenger.sent) == 1
+    assert await mongo_db.notifications.count_documents({}) == 0
+
+    async def returned() -> bool:
+        return queue_info(vhost, "notifier.events").get("messages") == 1  # the broker's counts lag a little
+
+    await wait_for(returned, timeout=10, what="the event back in notifier.events")
+
+
+async def _sent(messenger) -> bool:
+    return bool(messenger.sent)
