@@ -54,13 +54,20 @@ run: venv
 	$(PY) ops/scripts/run_local.py
 
 # Benchmarks, not tests: the ingress beside two bare aiohttp handlers under wrk (BENCH_ARGS="--duration 30"), then
-# alert-to-order latency at a steady 200 alerts/s beside ccxt's create_order alone (EXECUTOR_BENCH_ARGS="--rate 100").
-# wrk comes from Debian's package (wrk 4.1.0) when missing.
+# alert-to-order latency at a steady 200 alerts/s beside ccxt's create_order alone (EXECUTOR_BENCH_ARGS="--rate 100"),
+# then the notifier under Telegram's limits (NOTIFIER_BENCH_ARGS="--burst 2000"); last, one report of the three:
+# a table and bench/out/report.png. wrk comes from Debian's package (wrk 4.1.0) when missing; matplotlib from the
+# `bench` extra.
+NOTIFIER_BENCH_ARGS ?=
 bench: venv
 	./ops/scripts/ensure-rabbitmq.sh
 	@command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; }
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[dev,bench]'
+	rm -f bench/out/ingress.json bench/out/executor.json bench/out/notifier.json  # the report is of this run only
 	$(PY) -m tests.bench.ingress_bench $(BENCH_ARGS)
 	$(PY) -m tests.bench.executor_bench $(EXECUTOR_BENCH_ARGS)
+	$(PY) -m tests.bench.notifier_bench $(NOTIFIER_BENCH_ARGS)
+	$(PY) -m tests.bench.report
 
 # A fresh clone runs in paper mode at once: .env starts as a copy of .env.example (paper trading at the simulator,
 # placeholder secrets). Fill in real values before leaving paper mode.
