@@ -10,6 +10,7 @@ client order id before anything is sent again; and while a request sent earlier 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -437,6 +438,8 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
             # The legs before took time: the kill switch and the signal's age are asked again before each next one.
             stop = _stop_before_next_leg(deps, signal)
             if stop is not None:
+                # This leg may have been sent by an interrupted attempt that the venue did not show yet.
+                _unless_earlier_request_may_land(document, legs, looked_at, stop)
                 await _finish_placed(deps, signal, legs, stopped=stop)
                 return
         if not stamped:
@@ -445,6 +448,12 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
         stamped = False
         try:
             placed = await _send(deps, signal, leg)
+        except ExchangeUnavailable:
+            # ccxt signs a request only after its rate limiter let it go, so the request may carry a later timestamp
+            # than sent_at: the window it may land in is counted from now, when it certainly was signed.
+            with contextlib.suppress(Exception):  # the outcome below matters more than this stamp
+                await deps.db.signals.update_one({"_id": signal.signal_id}, {"$set": {"sent_at": utcnow()}})
+            raise
         except OrderRejected as error:
             if index == 0:
                 raise
@@ -705,15 +714,16 @@ async def _finish(deps: ExecutorDeps, signal: SignalReceivedV1, status: str, eve
     if not result.modified_count:
         return  # finished already (a redelivery handled it meanwhile): counted and told then
     deps.metrics.signals.labels(status).inc()
+    if isinstance(event, OrderFailedV1):  # every failure, of whatever kind, by kind: the dashboard and OrderFailures
+        deps.metrics.failures.labels(event.error_type).inc()
     log.info("signal %s", status, extra={"status": status, **{k: v for k, v in fields.items() if isinstance(v, (str, int, float))}})
     await _publish_outcome(deps, {"_id": signal.signal_id, "outcome": outcome})
 
 
 async def _fail(deps: ExecutorDeps, signal: SignalReceivedV1, reason: str, error_type: str, status: str = FAILED) -> None:
-    """Every failure, of whatever kind (a refusal at the venue, a risk limit, a size that cannot be placed), is
-    counted by kind in tvtb_order_failures_total, which the dashboard and the OrderFailures alert read."""
+    """A failure of whatever kind (a refusal at the venue, a risk limit, a size that cannot be placed); _finish
+    counts it by kind in tvtb_order_failures_total once it is recorded (a redelivery counts nothing twice)."""
     deps.metrics.orders.labels(status).inc()
-    deps.metrics.failures.labels(error_type).inc()
     await _finish(deps, signal, status, OrderFailedV1(
         signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
         reason=reason, error_type=error_type, failed_at=utcnow(),
