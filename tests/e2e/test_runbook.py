@@ -46,7 +46,7 @@ def commands() -> list[str]:
         if block is not None:
             if lang == "bash":
                 found += [without_comment(line) for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-        elif span.split()[0] in SHELL_WORDS and len(span.split()) > 1 and span not in {"docker compose"}:
+        elif span.split()[0] in SHELL_WORDS and len(span.split()) > 1 and span not in {"docker compose", "docker compose exec"}:
             found.append(without_comment(span.replace("\\|", "|")))
     return list(dict.fromkeys(found))
 
