@@ -181,3 +181,29 @@ async def drain_signals(amqp_url: str, *, check=None, timeout: float = 10.0) -> 
     for shard in EXECUTOR_SHARDS:
         found.extend(await drain(amqp_url, shard.name, check=check, timeout=timeout))
     return found
+
+
+# Every secret the tests configure, whole. Nothing the whole run makes may hold one: tests/conftest.py looks through
+# every log record and every test database, the fake Telegram every message (the abuse suite also looks for pieces of
+# its own random secrets in everything its tests produce, and the stack fixtures through the services' process logs).
+RUN_SECRETS = {
+    "ingress test token": "tv-secret-0123456789abcdef",
+    "ingress test rotated token": "rotated-secret-abcdef0123456789",
+    "control test token": "control-token-for-tests-0123456789",
+    "simulator account secret": "sim-secret-0123456789",
+    "e2e webhook token": "e2e-webhook-secret-7f3a9c",
+    "e2e control token": "e2e-control-token-5b8d1e2f",
+    "e2e BingX secret": "e2e-bingx-secret-c4d2",
+    "Telegram test bot token": "AAHtestTOKENnot-a-real-one_0123456789",
+    "abuse webhook token": "Wq7hT2x5nR0pLk4wV9cYb1mJ6sEoA3uG",
+    "abuse rotated token": "Zr4uB8nQ2yXe6KcP0tLm9HsD5jVa1FgW",
+    "abuse control token": "Ct9Lp2Wz6Qk0Ry4Hv8Nx3Js7Bf1Md5Gu",
+    "abuse BingX secret": "Bs6Yh0Ue4Kt8Wn2Qm5Xv9Lc3Rp7Dz1Jf",
+    "abuse bot token": "AAHq8Vd3Kx6Lm0Wp4Nz7Tr2Yc5Bf9Gh1Js",
+}
+LEAKS: list[str] = []  # what was found, for the end of the run (tests/conftest.py)
+
+
+def secrets_in(text: str) -> list[str]:
+    """The names of the secrets `text` holds."""
+    return [name for name, secret in RUN_SECRETS.items() if secret in text]

@@ -6,6 +6,7 @@ import pytest
 
 from tests.e2e.stack import Stack
 from tests.faults.harness import forget
+from tests.support import LEAKS, secrets_in
 
 
 @pytest.fixture
@@ -16,3 +17,4 @@ async def stack(amqp_url, mongo_uri, mongo_db_name, tmp_path):
     finally:
         await running.stop_all()
         forget(running)
+        LEAKS.extend(f"{name} in a service's log of a fault scenario" for name in secrets_in(running.all_logs()))
