@@ -141,3 +141,15 @@ async def test_no_request_to_any_route_gets_a_5xx_and_a_refused_one_changes_noth
     assert any(s >= 400 for codes in statuses.values() for s in codes)
     secret_scan.add_telegram(fake)
     await secret_scan.add_database(mongo_db)
+
+
+async def test_turning_trading_off_with_a_secret_in_the_reason_is_done_and_the_secret_is_kept_out(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db, secret_scan):
+    """Containment is never turned away: the reason's secret is taken out (***), not the request refused."""
+    async with control_client(amqp_url, mongo_uri, mongo_db_name) as (http, _, _):
+        status, text, answered = await answer(secret_scan, http, "PUT", "/bot/settings", headers=AUTH,
+                                              json={"autotrade": False, "reason": f"incident, token was {CONTROL_API_TOKEN}"})
+        assert status == 200, text
+        latest = (await kill_switch(mongo_db))["latest"]
+        assert latest["mode"] == "halted" and latest["reason"] == "incident, token was ***"
+        await secret_scan.add_database(mongo_db)
