@@ -116,8 +116,10 @@ def secret_in_signal(signal: SignalReceivedV1, secrets: tuple[str, ...]) -> str 
     A token pasted into another field of the alert would otherwise become part of the signal: stored, published,
     logged and shown in Telegram. Such an alert is refused. Only what the signal keeps is looked at: a token in a
     field the signal drops goes nowhere, and refusing it would lose an alert (TradingView does not resend a 4xx).
+    For the same reason a token shorter than 12 characters is not looked for: a word like 'tradingview' would turn
+    away every strategy named after it.
     """
-    needles = [secret[:SECRET_IN_SIGNAL_FROM].lower() for secret in secrets if secret]
+    needles = [secret[:SECRET_IN_SIGNAL_FROM].lower() for secret in secrets if len(secret) >= SECRET_IN_SIGNAL_FROM]
     for name, value in signal:
         if isinstance(value, str) and any(needle in value.lower() for needle in needles):
             return name

@@ -201,3 +201,4 @@ def test_a_token_is_kept_out_of_the_signal_but_a_name_that_shares_a_few_letters_
     assert secret_in_signal(signal(note=token), (token,)) is None  # dropped by the signal
     assert secret_in_signal(signal(id=token), (token,)) == "signal_id"
     assert secret_in_signal(signal(strategy=f"x {token[:12].upper()} y"), (token,)) == "strategy"
+    assert secret_in_signal(signal(strategy="TradingView Supertrend"), ("tradingview",)) is None  # a short, weak token
