@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,10 +73,10 @@ class QueueSpec:
 
 
 # Signals are sharded by their BingX symbol (the `x-shard-key` header; every `account` label trades with the one API
-# key) over a consistent-hash exchange into a few queues, each with a single active consumer and prefetch 1: one
-# symbol always lands in the same shard, and so runs in the order accepted, while the executor replicas share the
-# shards. Changing the count moves symbols between
-# shards: do it only with the executor stopped and every shard empty.
+# key) over a consistent-hash exchange into a few queues, each with a single active consumer, which runs each
+# symbol's signals in lanes (LaneConsumer): one symbol always lands in the same shard, and so runs in the order
+# accepted, while the executor replicas share the shards. Changing the count moves symbols between shards: do it
+# only with the executor stopped and every shard empty.
 SIGNAL_SHARDS_EXCHANGE = "tvtb.signals.shards"
 SHARD_KEY_HEADER = "x-shard-key"
 SIGNAL_SHARDS = 4
@@ -394,6 +395,125 @@ class Consumer:
         except Exception:  # the next message of the stream still counts: log, never reject
             log.exception("stream message could not be handled", extra={"queue": self.queue_name})
         await message.ack()
+
+
+@dataclass
+class LaneConsumer(Consumer):
+    """Consumes one queue with several messages in hand, in lanes: the messages of one lane (`lane_of`, e.g. the
+    shard key, one account+symbol) are handled one at a time in the order delivered, different lanes at once.
+
+    A temporary failure is retried in place after a backoff, holding its lane: a message given back to the queue
+    would meet later ones of its lane already in hand, and fresh ones delivered meanwhile, and lose its place. After
+    `attempts` tries it is dead-lettered, as the queue's delivery limit would. When the consumer stops, each lane
+    finishes the message it is handling (one waiting out a retry's backoff does not wait), and the ones behind it go
+    back to the queue, in order, for whoever consumes it next.
+    """
+
+    lane_of: Callable[[AbstractIncomingMessage], str] = lambda message: ""
+    attempts: int = DELIVERY_LIMIT
+    _lanes: dict[str, deque[AbstractIncomingMessage]] = field(default_factory=dict, init=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        await super().start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await super().stop()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        key = self.lane_of(message)
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(message)  # its worker takes it in turn
+            return
+        self._lanes[key] = deque([message])
+        worker = asyncio.current_task()  # this delivery's task works the lane until it is empty
+        if worker is not None:
+            self._inflight.add(worker)
+        try:
+            await self._work(key)
+        finally:
+            self._lanes.pop(key, None)
+            if worker is not None:
+                self._inflight.discard(worker)
+
+    async def _work(self, key: str) -> None:
+        lane = self._lanes[key]
+        while lane:
+            if self._stopping.is_set():  # stopping: what was not started goes back, in order, for the next owner
+                await self._give_back(lane)
+                return
+            message = lane[0]
+            try:
+                handled = await self._attempt_until_done(message)
+            except asyncio.CancelledError:
+                await self._give_back(lane)
+                raise
+            if not handled:  # stopping: this one and those behind it go back, in order
+                await self._give_back(lane)
+                return
+            lane.popleft()
+
+    async def _attempt_until_done(self, message: AbstractIncomingMessage) -> bool:
+        """Handle the message, retrying in place; False when the consumer stops before it is done."""
+        if message.channel.is_closed:
+            return True  # its channel is gone: the broker delivers it again on the new one
+        try:
+            decoded = decode(message.type, message.body)
+        except (ValidationError, UnknownMessageType, ValueError) as error:
+            log.error("undecodable message dead-lettered",
+                      extra={"queue": self.queue_name, "message_id": message.message_id, "error": str(error)[:500]})
+            await message.reject(requeue=False)
+            return True
+        failures = 0
+        while True:
+            with tracer.start_as_current_span(f"process {self.queue_name}", context=extract_trace(message.headers),
+                                              kind=SpanKind.CONSUMER) as span, bound_signal(message.correlation_id):
+                span.set_attribute("messaging.message.id", message.message_id or "")
+                try:
+                    await self.handler(decoded, message)
+                except PermanentError as error:
+                    log.error("message dead-lettered", extra={"queue": self.queue_name, "error": str(error)}, exc_info=True)
+                    await message.reject(requeue=False)
+                    return True
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    failures += 1
+                    if failures >= self.attempts:
+                        log.error("message dead-lettered after %d attempts", failures,
+                                  extra={"queue": self.queue_name, "error": f"{type(error).__name__}: {error}"[:500]})
+                        await message.reject(requeue=False)
+                        return True
+                    delay = retry_delay(failures) * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+                    log.warning("handling failed; tried again in place",
+                                extra={"queue": self.queue_name, "error": f"{type(error).__name__}: {error}"[:500],
+                                       "retry_in_s": round(delay, 2)},
+                                exc_info=not isinstance(error, TemporaryError))
+                else:
+                    try:
+                        await message.ack()
+                    except Exception:  # the channel closed meanwhile: the broker delivers it again; it is known then
+                        log.warning("could not ack a handled message; the broker will deliver it again", exc_info=True)
+                    return True
+            if message.channel.is_closed:
+                return True  # the broker delivers it again, with the ones behind it, in order
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return False
+            except asyncio.TimeoutError:
+                pass
+
+    async def _give_back(self, lane: deque[AbstractIncomingMessage]) -> None:
+        while lane:
+            await _safe_nack(lane.popleft())
+
+
+def shard_lane(message: AbstractIncomingMessage) -> str:
+    """A signal's lane on its shard: its shard key (one account+symbol), whose signals run in the order accepted."""
+    return str((message.headers or {}).get(SHARD_KEY_HEADER) or "")
 
 
 async def _safe_nack(message: AbstractIncomingMessage) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 from bson.codec_options import CodecOptions, TypeCodec, TypeRegistry
 from bson.decimal128 import Decimal128
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 
 class DecimalCodec(TypeCodec):
@@ -86,3 +88,64 @@ async def ping(db: AsyncDatabase) -> bool:
         return True
     except Exception:
         return False
+
+
+class GroupedInserts:
+    """insert_one for tasks that write to the same collections at once: what arrives while one insert_many is on its
+    way goes together in the next (a group commit), so a busy executor writes its claims and orders in a few round
+    trips, and a quiet one, one at a time, at once. Each caller waits for its own document and gets its own outcome:
+    DuplicateKeyError for a key already taken, as from insert_one.
+    """
+
+    def __init__(self, db: AsyncDatabase, *, max_batch: int = 64) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._pending: dict[str, list[tuple[dict, asyncio.Future]]] = {}
+        self._senders: dict[str, asyncio.Task] = {}
+
+    async def insert_one(self, collection: str, document: dict) -> None:
+        done = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)  # a caller that stopped waiting leaves no "never retrieved" warning
+        self._pending.setdefault(collection, []).append((document, done))
+        if collection not in self._senders:
+            self._senders[collection] = asyncio.create_task(self._send(collection))
+        # Shielded: a caller that stops waiting does not take the others' write with it (the document may still be
+        # written, as with insert_one).
+        await asyncio.shield(done)
+
+    async def _send(self, collection: str) -> None:
+        try:
+            while self._pending.get(collection):
+                waiting = self._pending[collection]
+                batch, self._pending[collection] = waiting[: self._max_batch], waiting[self._max_batch :]
+                await self._write(collection, batch)
+        finally:
+            del self._senders[collection]
+
+    async def _write(self, collection: str, batch: list[tuple[dict, asyncio.Future]]) -> None:
+        failed: dict[int, Exception] = {}
+        try:
+            await self._db[collection].insert_many([document for document, _ in batch], ordered=False)
+        except BulkWriteError as error:
+            for write_error in error.details.get("writeErrors", []):
+                code, message = write_error.get("code"), write_error.get("errmsg", "write failed")
+                failed[write_error["index"]] = (DuplicateKeyError(message, code, write_error) if code == 11000
+                                                else OperationFailure(message, code, write_error))
+        except BaseException as error:  # nothing is known of any of them: each caller meets the error
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error if isinstance(error, Exception) else RuntimeError("the write was interrupted"))
+            if not isinstance(error, Exception):
+                raise
+            return
+        for index, (_, done) in enumerate(batch):
+            if not done.done():
+                if index in failed:
+                    done.set_exception(failed[index])
+                else:
+                    done.set_result(None)
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -44,7 +44,8 @@ async def consuming(executor: Executor, *, replica: str | None = None) -> AsyncI
         await executor.deps.view.known.wait()
         await executor.exchange_ready.wait()
 
-    # prefetch 1 on each shard, whose single active consumer is its owner: one account+symbol runs in order.
+    # Each shard's single active consumer is its owner, which runs one account+symbol at a time in order, and the
+    # shard's several symbols side by side (shared.messaging.LaneConsumer).
     shards = ShardConsumers(executor.connection, executor.deps.db, handle, replica=replica or executor.deps.replica or None,
                             on_change=executor.deps.metrics.show_shards)
     executor.deps.replica = shards.replica

@@ -291,13 +291,17 @@ class BingxExchange:
             known = self._leverage[symbol] = (time.monotonic(), {"LONG": long_, "SHORT": short, "BOTH": long_})
         return known[1][position_side]
 
-    async def ensure_margin_mode(self, symbol: str, mode: str) -> None:
-        """`isolated` or `cross` for the symbol, unless it already is (BingX refuses a change while anything is open)."""
+    async def margin_mode(self, symbol: str) -> str | None:
+        """The venue's margin mode for the symbol (learned once in a while)."""
         known = self._margin_mode.get(symbol)
         if known is None or time.monotonic() - known[0] > SETTINGS_TTL_S:
             current = await self._call("fetch_margin_mode", symbol)
             known = self._margin_mode[symbol] = (time.monotonic(), current.get("marginMode"))
-        if known[1] == mode:
+        return known[1]
+
+    async def ensure_margin_mode(self, symbol: str, mode: str) -> None:
+        """`isolated` or `cross` for the symbol, unless it already is (BingX refuses a change while anything is open)."""
+        if await self.margin_mode(symbol) == mode:
             return
         await self._call("set_margin_mode", mode, symbol)
         self._margin_mode[symbol] = (time.monotonic(), mode)

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -57,6 +57,7 @@ from shared.contracts import (
 from shared.errors import TemporaryError
 from shared.killswitch import KillSwitchView
 from shared.messaging import EVENTS_EXCHANGE, PublishFailed, Publisher
+from shared.mongo import GroupedInserts
 from shared.observability import LATENCY_BUCKETS
 from shared.runtime import raise_if_cancelling
 
@@ -163,11 +164,26 @@ class ExecutorDeps:
     default_leverage: Callable[[str], int | None] = lambda symbol: None
     default_margin_mode: Callable[[str], str | None] = lambda symbol: None
     replica: str = ""  # which executor replica this is (services/executor/shards.py)
+    # The claims and orders of the signals handled at once go to the database together.
+    inserts: GroupedInserts = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inserts = GroupedInserts(self.db)
 
 
 async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
     if _will_need_price(signal, deps):
         deps.exchange.prefetch_price(signal.symbol)  # answered while the claim is written
+    try:
+        planned = await _claim_planned(deps, signal)
+    except ExchangeUnavailable:
+        await _claim(deps, signal)  # recorded as received while the venue is away, as the usual way records it
+        await _venue_unavailable(deps, signal)
+        raise
+    if planned is not None:
+        document, legs = planned
+        await _guarded(deps, signal, _send_legs(signal, document, legs, deps, looked_at=document["claimed_at"], stamped=True))
+        return
     document = await _claim(deps, signal)
     if document.get("fingerprint") not in (None, _fingerprint(signal)):
         await _report_conflict(deps, signal, document)
@@ -187,8 +203,13 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
                 reason=reason, mode=deps.view.mode, skipped_at=utcnow(),
             ), reason=reason, resend_of=first["_id"])
             return
+    await _guarded(deps, signal, _execute(signal, document, deps))
+
+
+async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, attempt: Awaitable[None]) -> None:
+    """Run an attempt at the signal; the venue's refusals and outages end as the safety rules say."""
     try:
-        await _execute(signal, document, deps)
+        await attempt
     except OrderRejected as error:
         # Refused for good (a revoked key, a bad request) wherever it happened: recorded and reported, never dropped.
         deps.exchange.forget_settings(signal.symbol)
@@ -197,15 +218,34 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
                         f"BingX refused the API key ({error.reason}): it may be revoked or leaked; check it before trading again")
         await _fail(deps, signal, error.reason, error.error_type)
     except ExchangeUnavailable:
-        deps.breaker.consecutive_failures += 1
-        failures = deps.breaker.consecutive_failures
-        if failures >= deps.breaker.max_consecutive_failures:
-            deps.breaker.consecutive_failures = 0  # N more in a row trip it again, should someone turn it back on
-            await _trip(deps, KillSwitchMode.ENTRIES_OFF, "SEV2", signal.signal_id,
-                        f"BingX failed {failures} times in a row; entries are off until someone looks")
+        await _venue_unavailable(deps, signal)
         raise  # the message goes back to the queue and is tried again after a backoff
     else:
         deps.breaker.consecutive_failures = 0
+
+
+async def _venue_unavailable(deps: ExecutorDeps, signal: SignalReceivedV1) -> None:
+    deps.breaker.consecutive_failures += 1
+    failures = deps.breaker.consecutive_failures
+    if failures >= deps.breaker.max_consecutive_failures:
+        deps.breaker.consecutive_failures = 0  # N more in a row trip it again, should someone turn it back on
+        await _trip(deps, KillSwitchMode.ENTRIES_OFF, "SEV2", signal.signal_id,
+                    f"BingX failed {failures} times in a row; entries are off until someone looks")
+
+
+def _refusal(deps: ExecutorDeps, signal: SignalReceivedV1, mode: KillSwitchMode) -> tuple[str | None, KillSwitchMode]:
+    """Why the kill switch refuses the signal, and the mode that does: the mode now, or one in force when the signal
+    arrived or since, which turning trading back on without force did not lift for the signals that waited."""
+    refusal = domain.kill_switch_refusal(mode, signal.action, signal.reduce_only)
+    if refusal is not None:
+        return refusal, mode
+    earlier = deps.view.refused_since(
+        signal.received_at, lambda then: domain.kill_switch_refusal(then, signal.action, signal.reduce_only) is not None)
+    if earlier is None:
+        return None, mode
+    refusal = domain.kill_switch_refusal(earlier.mode, signal.action, signal.reduce_only)
+    return (f"{refusal} while it waited (kill-switch version {earlier.version}); trading turned back on since runs only "
+            "the signals that came after, unless turned on with force"), earlier.mode
 
 
 def _will_need_price(signal: SignalReceivedV1, deps: ExecutorDeps) -> bool:
@@ -371,7 +411,7 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
         # The link to the control stream was lost: wait (the message goes back) rather than guess or skip.
         raise KillSwitchUnknown("the kill-switch state is not known at the moment")
     now = utcnow()
-    refusal = domain.kill_switch_refusal(mode, signal.action, signal.reduce_only)
+    refusal, mode = _refusal(deps, signal, mode)
     if refusal is not None:
         _unless_earlier_request_may_land(document, legs, looked_at, refusal)
         if deps.breaker.tripped is not None and mode is not deps.view.mode:
@@ -431,6 +471,12 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
         stamped = True  # the first send's time is written with the legs, in the same round trip
     else:
         stamped = False
+    await _send_legs(signal, document, legs, deps, looked_at=looked_at, stamped=stamped)
+
+
+async def _send_legs(signal: SignalReceivedV1, document: dict, legs: list[dict], deps: ExecutorDeps, *,
+                     looked_at: datetime, stamped: bool) -> None:
+    """Send the legs not at the venue yet, in order, recording each; `stamped`: `sent_at` was written with the legs."""
     for index, leg in enumerate(legs):
         if leg.get("order_id"):
             continue
@@ -544,7 +590,9 @@ async def _send(deps: ExecutorDeps, signal: SignalReceivedV1, leg: dict) -> Plac
         return placed
 
 
-async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> list[OrderPlan] | NothingToDo:
+async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1, *, settle: bool = True) -> list[OrderPlan] | NothingToDo:
+    """The orders the signal needs. `settle`: set the leverage and margin mode an entry asks for at the venue (else
+    an entry that needs either changed raises _SettingsToChange, and nothing is changed)."""
     exchange = deps.exchange
     market = exchange.market(signal.symbol)
     if market is None:
@@ -559,7 +607,7 @@ async def _plan(deps: ExecutorDeps, signal: SignalReceivedV1) -> list[OrderPlan]
     if signal.action is Action.REVERSE:
         return await _plan_reverse(deps, signal, limit_price)
     if signal.action.opens and not signal.reduce_only:
-        return [await _plan_entry(deps, signal, domain.open_side(signal), limit_price)]
+        return [await _plan_entry(deps, signal, domain.open_side(signal), limit_price, settle=settle)]
     # A close: leverage, margin mode and protection belong to the position it closes, and are left as they are.
     positions = {p.side: p.contracts for p in await exchange.positions(signal.symbol)}
     if signal.action is Action.FLAT:
@@ -593,7 +641,8 @@ async def _plan_reverse(deps: ExecutorDeps, signal: SignalReceivedV1, limit_pric
     return [close, await _plan_entry(deps, sized, side, limit_price)]
 
 
-async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, limit_price: Decimal | None) -> OrderPlan:
+async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, limit_price: Decimal | None, *,
+                      settle: bool = True) -> OrderPlan:
     exchange, market = deps.exchange, deps.exchange.market(signal.symbol)
     assert market is not None  # checked by _plan
     position_side = domain.position_side(side, exchange.hedged)
@@ -618,6 +667,10 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     stop_loss, take_profit = domain.protection(signal, side, reference)
     # Every check passed: only now is anything changed at the venue. Set before the order, or the order is not
     # sent: never an entry without the leverage or margin mode asked for.
+    if not settle:
+        if ((wanted_margin_mode is not None and await exchange.margin_mode(signal.symbol) != wanted_margin_mode)
+                or (wanted_leverage is not None and await exchange.leverage(signal.symbol, position_side) != wanted_leverage)):
+            raise _SettingsToChange()
     if wanted_margin_mode is not None:
         await exchange.ensure_margin_mode(signal.symbol, wanted_margin_mode)
     if wanted_leverage is not None:
@@ -629,8 +682,53 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     )
 
 
-async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
-    """One document per signal_id: the first delivery creates it, every later one finds it."""
+class _SettingsToChange(Exception):
+    """The entry needs the venue's leverage or margin mode changed first: not planned ahead of the claim."""
+
+
+async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[dict, list[dict]] | None:
+    """The common case in one write: a signal seen for the first time, which the kill switch lets through, fresh,
+    whose plan reads the venue but changes nothing there, is claimed already `submitting`, with its legs.
+
+    Planning reads only (prices, positions, balance, the risk counts), so planning a signal that turns out to have
+    been handled already is harmless: its insert then finds the document, and the signal takes the usual way
+    (claim, then look). So does every other case: a resend without an `id` (ordered by claim), a flat (which cancels
+    orders first), a reverse, a setting to change at the venue, a plan that fails or is refused. The venue away
+    while planning raises ExchangeUnavailable, nothing written. Returns the document and its legs, or None for the
+    usual way.
+    """
+    if signal.resend_key is not None or signal.action in (Action.FLAT, Action.REVERSE):
+        return None
+    mode = deps.breaker.mode(deps.view)
+    if mode is None or _refusal(deps, signal, mode)[0] is not None:
+        return None
+    age = domain.age_seconds(signal, utcnow())
+    if age > signal.max_lag_s:
+        return None
+    try:
+        plans = await _plan(deps, signal, settle=False)
+    except ExchangeUnavailable:
+        raise  # counted once, like any venue outage (handle_signal)
+    except Exception:  # a refusal, a size that cannot be placed, a limit: the usual way meets it again and records it
+        raise_if_cancelling()
+        return None
+    if isinstance(plans, NothingToDo):
+        return None
+    deps.metrics.signal_age.observe(max(age, 0.0))
+    legs = [{**dataclasses.asdict(plan), "client_order_id": domain.client_order_id(signal.signal_id, n), "order_id": None}
+            for n, plan in enumerate(plans)]
+    document = _claim_document(deps, signal)
+    document.update(status=SUBMITTING, client_order_id=legs[0]["client_order_id"], legs=legs, sent_at=document["claimed_at"],
+                    attempts=1)
+    try:
+        await deps.inserts.insert_one("signals", document)
+    except DuplicateKeyError:
+        return None  # delivered before: the usual way finds what became of it
+    # What was found before this attempt, for _send_legs: nothing, so no earlier request of it can land.
+    return {**document, "status": RECEIVED}, legs
+
+
+def _claim_document(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
     now = utcnow()
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as Mongo keeps it: claims are compared by it
     document = {
@@ -651,8 +749,14 @@ async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
     }
     if signal.resend_key is not None:
         document["resend_key"] = signal.resend_key
+    return document
+
+
+async def _claim(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
+    """One document per signal_id: the first delivery creates it, every later one finds it."""
+    document = _claim_document(deps, signal)
     try:
-        await deps.db.signals.insert_one(document)
+        await deps.inserts.insert_one("signals", document)
         return document
     except DuplicateKeyError:
         existing = await deps.db.signals.find_one({"_id": signal.signal_id})
@@ -736,7 +840,7 @@ async def _record_leg(deps: ExecutorDeps, signal: SignalReceivedV1, legs: list[d
     leg = legs[index]
     now = utcnow()
     try:  # once per client order id (unique): a redelivery finds it recorded
-        await deps.db.orders.insert_one({
+        await deps.inserts.insert_one("orders", {
             "client_order_id": placed.client_order_id,
             "signal_id": signal.signal_id,
             "leg": index,

@@ -24,12 +24,14 @@ from aio_pika.abc import AbstractRobustConnection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.contracts import utcnow
-from shared.messaging import EXECUTOR_SHARDS, Consumer, Handler
+from shared.messaging import EXECUTOR_SHARDS, Handler, LaneConsumer, shard_lane
 from shared.runtime import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+# Signals a shard consumer holds at once: its symbols run side by side, each in order (shared.messaging.LaneConsumer).
+SHARD_PREFETCH = 32
 LEASE_S = 3.0
 
 
@@ -78,7 +80,7 @@ class ShardConsumers:
         self.replica = replica or replica_name()
         self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
         self.on_change = on_change
-        self.consumers: dict[int, Consumer] = {}
+        self.consumers: dict[int, LaneConsumer] = {}
         self.releasing: set[int] = set()
         self.assigned = asyncio.Event()  # set once this replica has taken part in an assignment
 
@@ -146,8 +148,10 @@ class ShardConsumers:
         held_elsewhere = {shard for holding in others.values() for shard in holding}
         taken = []
         for shard in sorted(wanted - set(self.consumers) - held_elsewhere):
-            consumer = Consumer(channel=await self.connection.channel(), queue_name=EXECUTOR_SHARDS[shard].name,
-                                handler=self.handler, prefetch=1, name=f"executor-{self.replica}")
+            spec = EXECUTOR_SHARDS[shard]
+            consumer = LaneConsumer(channel=await self.connection.channel(), queue_name=spec.name, handler=self.handler,
+                                    prefetch=SHARD_PREFETCH, name=f"executor-{self.replica}", lane_of=shard_lane,
+                                    attempts=spec.delivery_limit)
             await consumer.start()
             self.consumers[shard] = consumer
             taken.append(shard)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -42,9 +43,9 @@ class Harness:
         self.version = 0
         self.events: list[Message] = []
 
-    async def set_mode(self, mode: KillSwitchMode) -> None:
+    async def set_mode(self, mode: KillSwitchMode, *, forced: bool = False) -> None:
         self.version += 1
-        state = KillSwitchChangedV1(version=self.version, mode=mode, actor="test", reason="test", changed_at=utcnow())
+        state = KillSwitchChangedV1(version=self.version, mode=mode, actor="test", reason="test", changed_at=utcnow(), forced=forced)
         await self.publisher.publish(state, exchange="", routing_key=messaging.CONTROL_STREAM)
 
     async def send(self, **fields) -> SignalReceivedV1:
@@ -122,6 +123,71 @@ async def test_a_signal_becomes_one_order_and_a_long_position(amqp_url, mongo_ur
         assert venue_order["id"] == order["order_id"] and venue_order["clientOrderId"] == order["client_order_id"]
         placed = await wait_for(lambda: events_of(h, "OrderPlacedV1", signal.signal_id), what="OrderPlacedV1")
         assert placed[0].order_id == order["order_id"]
+
+
+async def writes_to(stream, signal_id: str, until: str) -> list[tuple[str, str | None]]:
+    """(operation, status written) of each write to the signal's document, up to the one that records `until`."""
+    seen: list[tuple[str, str | None]] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        change = await stream.try_next()  # waits up to the stream's max_await_time_ms
+        if change is None or change["documentKey"]["_id"] != signal_id:
+            continue
+        written = change.get("fullDocument") or change.get("updateDescription", {}).get("updatedFields", {})
+        seen.append((change["operationType"], written.get("status")))
+        if written.get("status") == until:
+            return seen
+    raise AssertionError(f"{signal_id} was not recorded {until}: {seen}")
+
+
+async def test_a_plain_entry_is_claimed_ready_to_send_in_one_write(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    """The common case writes its signal twice (claimed with its order planned; placed), not three times; an entry
+    that changes the venue's leverage first is claimed before anything is changed there."""
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        async with await mongo_db.signals.watch(max_await_time_ms=200) as stream:
+            plain = await h.send(qty=Decimal("0.01"))
+            assert await writes_to(stream, plain.signal_id, "placed") == [("insert", "submitting"), ("update", "placed")]
+            document = await h.settled(plain)
+            assert document["legs"][0]["client_order_id"] == domain.client_order_id(plain.signal_id)
+            assert document["attempts"] == 1 and document["sent_at"] == document["claimed_at"]
+
+            levered = await h.send(qty=Decimal("0.01"), leverage=7)
+            assert await writes_to(stream, levered.signal_id, "placed") == [
+                ("insert", "received"), ("update", "submitting"), ("update", "placed")]
+            assert (await h.ccxt.fetch_leverage(BTC))["longLeverage"] == 7
+        assert len(await h.venue_orders()) == 2
+
+
+async def test_a_signal_that_waited_through_entries_off_is_not_run_when_trading_is_turned_on_unless_forced(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    """Signals in an executor's hands are not in the backlog the broker counts when trading is turned back on: one
+    that arrived before or while entries were off is skipped once reached, as if the turn-on had seen it waiting;
+    after a forced turn-on it runs, as the person forcing it asked."""
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
+        async def learned() -> bool:
+            return h.executor.deps.view.state is not None and h.executor.deps.view.state.version == h.version
+
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await wait_for(learned, what="the executor to learn the kill switch")
+        waited_since = utcnow()
+        await h.set_mode(KillSwitchMode.ENTRIES_OFF)
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await wait_for(learned, what="the executor to learn the kill switch")
+        waited = await h.settled(await h.send(qty=Decimal("0.01"), received_at=waited_since))
+        assert (waited["status"], waited["mode"]) == ("skipped", "entries_off"), waited
+        assert "while it waited" in waited["reason"]
+        fresh = await h.settled(await h.send(qty=Decimal("0.01")))
+        assert fresh["status"] == "placed"
+
+        await h.set_mode(KillSwitchMode.ENTRIES_OFF)
+        await wait_for(learned, what="the executor to learn the kill switch")
+        waited_since = utcnow()
+        await h.set_mode(KillSwitchMode.RUNNING, forced=True)
+        await wait_for(learned, what="the executor to learn the kill switch")
+        forced = await h.settled(await h.send(qty=Decimal("0.01"), received_at=waited_since))
+        assert forced["status"] == "placed", forced
+        assert len(await h.venue_orders()) == 2
 
 
 async def test_a_redelivered_signal_is_not_placed_twice(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
