@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -20,7 +19,6 @@ from shared.messaging import CONTROL_STREAM, Consumer
 log = logging.getLogger(__name__)
 
 Listener = Callable[[KillSwitchChangedV1 | None], None]
-HISTORY = 256  # versions kept to judge the signals in hand by (refused_since); a day of changes, and more
 
 
 class KillSwitchView:
@@ -30,7 +28,6 @@ class KillSwitchView:
         self.state: KillSwitchChangedV1 | None = None
         self.known = asyncio.Event()
         self._listeners: list[Listener] = []
-        self._history: deque[KillSwitchChangedV1] = deque(maxlen=HISTORY)  # versions learned while running, oldest first
 
     @property
     def mode(self) -> KillSwitchMode | None:
@@ -59,7 +56,6 @@ class KillSwitchView:
                     listener(self.state)
             return False
         previous, self.state = self.state, change
-        self._history.append(change)
         self.known.set()
         log.info(
             "kill switch state learned",
@@ -69,29 +65,32 @@ class KillSwitchView:
             listener(change)
         return True
 
-    def refused_since(self, at: datetime, refuses: Callable[[KillSwitchMode], bool]) -> KillSwitchChangedV1 | None:
-        """The latest version in force at `at` or since that `refuses`, unless a forced change came after it.
-
-        A signal that arrived before or during such a version, and is reached only now, was in effect in the backlog
-        that turning trading back on must not run unless forced (DESIGN.md, kill switch): a consumer holding several
-        signals at once has some in hand that the broker no longer counts as waiting. Known: the versions learned
-        while this service runs (the one in force at its start included).
-        """
-        refusing = None
-        versions = list(self._history)
-        for n, version in enumerate(versions):
-            if n + 1 < len(versions) and versions[n + 1].changed_at <= at:
-                continue  # over before the signal arrived
-            if version.forced:
-                refusing = None  # someone turned trading on knowing that signals waited: they run
-            elif refuses(version.mode):
-                refusing = version
-        return refusing
-
     def describe(self) -> dict:
         if self.state is None:
             return {"killswitch": {"known": False}}
         return {"killswitch": {"known": self.known.is_set(), "mode": self.state.mode.value, "version": self.state.version}}
+
+
+def refused_since(versions: Iterable[KillSwitchChangedV1], at: datetime,
+                  refuses: Callable[[KillSwitchMode], bool]) -> KillSwitchChangedV1 | None:
+    """Of the kill switch's versions (in version order: the one in force at `at` and every later one), the latest
+    that `refuses`, unless a forced turn-on came after it; None when none did.
+
+    A signal that arrived before or during such a version and is reached only after it was, in effect, in the
+    backlog that turning trading back on must not run unless forced (DESIGN.md, kill switch): a consumer holding
+    several signals has some in hand that the broker no longer counts as waiting. Only a forced version that turned
+    trading on from a refusing mode lets what waited run; a forced change of anything else does not.
+    """
+    refusing, previous = None, None
+    for version in versions:
+        if previous is not None and version.changed_at <= at:
+            refusing = None  # the one before was over before the signal arrived
+        if refuses(version.mode):
+            refusing = version
+        elif version.forced and previous is not None and refuses(previous.mode):
+            refusing = None  # someone turned trading on knowing that signals waited: they run
+        previous = version
+    return refusing
 
 
 def stream_reader(channel: AbstractChannel, view: KillSwitchView, *, connection: AbstractRobustConnection | None = None) -> Consumer:

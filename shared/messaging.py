@@ -278,7 +278,7 @@ def _headers(message: Message) -> dict:
 
 
 def retry_delay(failures: int) -> float:
-    """Seconds before a message that failed `failures` times in a row goes back to its queue (before jitter)."""
+    """Seconds before a message that failed `failures` times in a row is tried again (before jitter)."""
     return min(5.0, 0.2 * 2 ** min(failures, 5))
 
 
@@ -405,8 +405,10 @@ class LaneConsumer(Consumer):
     A temporary failure is retried in place after a backoff, holding its lane: a message given back to the queue
     would meet later ones of its lane already in hand, and fresh ones delivered meanwhile, and lose its place. After
     `attempts` tries it is dead-lettered, as the queue's delivery limit would. When the consumer stops, each lane
-    finishes the message it is handling (one waiting out a retry's backoff does not wait), and the ones behind it go
-    back to the queue, in order, for whoever consumes it next.
+    finishes the message it is handling (one waiting out a retry's backoff does not wait), and then the channel is
+    closed: the broker puts back every message not done, in the order delivered, before it lets the queue's next
+    consumer take over (a cancel first would hand the queue over while they were still here, and what it then
+    delivers would overtake them). The channel is the consumer's own: stopped, it is closed.
     """
 
     lane_of: Callable[[AbstractIncomingMessage], str] = lambda message: ""
@@ -420,9 +422,17 @@ class LaneConsumer(Consumer):
 
     async def stop(self) -> None:
         self._stopping.set()
-        await super().stop()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._tag = None
+        try:
+            await self.channel.close()
+        except Exception:  # already gone with the connection: the broker puts back what was not acked all the same
+            log.warning("could not close a consumer's channel; the broker puts its messages back", extra={"queue": self.queue_name})
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping.is_set():
+            return  # delivered while stopping: put back with the channel
         key = self.lane_of(message)
         lane = self._lanes.get(key)
         if lane is not None:
@@ -442,18 +452,17 @@ class LaneConsumer(Consumer):
     async def _work(self, key: str) -> None:
         lane = self._lanes[key]
         while lane:
-            if self._stopping.is_set():  # stopping: what was not started goes back, in order, for the next owner
-                await self._give_back(lane)
-                return
+            if self._stopping.is_set():
+                return  # stopping: what was not started goes back with the channel, in order
             message = lane[0]
             try:
                 handled = await self._attempt_until_done(message)
-            except asyncio.CancelledError:
+            except BaseException:
+                # Cancelled, or the channel failing under an ack or a reject: nothing behind it may run before it.
                 await self._give_back(lane)
                 raise
-            if not handled:  # stopping: this one and those behind it go back, in order
-                await self._give_back(lane)
-                return
+            if not handled:
+                return  # stopping while it waited out a backoff: it goes back with the channel, the others behind it
             lane.popleft()
 
     async def _attempt_until_done(self, message: AbstractIncomingMessage) -> bool:

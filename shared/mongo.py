@@ -9,7 +9,9 @@ from bson.codec_options import CodecOptions, TypeCodec, TypeRegistry
 from bson.decimal128 import Decimal128
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, WriteConcernError
+
+DUPLICATE_KEY_CODES = (11000, 11001, 12582)  # as pymongo reads them
 
 
 class DecimalCodec(TypeCodec):
@@ -121,6 +123,9 @@ class GroupedInserts:
                 await self._write(collection, batch)
         finally:
             del self._senders[collection]
+            for _, done in self._pending.pop(collection, []):  # stopped (cancelled): nobody is left waiting forever
+                if not done.done():
+                    done.set_exception(RuntimeError("the insert was not sent: the writer stopped"))
 
     async def _write(self, collection: str, batch: list[tuple[dict, asyncio.Future]]) -> None:
         failed: dict[int, Exception] = {}
@@ -129,8 +134,13 @@ class GroupedInserts:
         except BulkWriteError as error:
             for write_error in error.details.get("writeErrors", []):
                 code, message = write_error.get("code"), write_error.get("errmsg", "write failed")
-                failed[write_error["index"]] = (DuplicateKeyError(message, code, write_error) if code == 11000
+                failed[write_error["index"]] = (DuplicateKeyError(message, code, write_error) if code in DUPLICATE_KEY_CODES
                                                 else OperationFailure(message, code, write_error))
+            concern = error.details.get("writeConcernErrors") or []
+            if concern:  # as insert_one would raise it: written, but not as durably as asked
+                for index in range(len(batch)):
+                    failed.setdefault(index, WriteConcernError(concern[0].get("errmsg", "write concern error"),
+                                                               concern[0].get("code"), concern[0]))
         except BaseException as error:  # nothing is known of any of them: each caller meets the error
             for _, done in batch:
                 if not done.done():

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -37,6 +38,7 @@ from services.executor.exchange import (
 )
 from shared.contracts import (
     Action,
+    KillSwitchChangedV1,
     KillSwitchMode,
     KillSwitchTripV1,
     Message,
@@ -55,7 +57,7 @@ from shared.contracts import (
     utcnow,
 )
 from shared.errors import TemporaryError
-from shared.killswitch import KillSwitchView
+from shared.killswitch import KillSwitchView, refused_since
 from shared.messaging import EVENTS_EXCHANGE, PublishFailed, Publisher
 from shared.mongo import GroupedInserts
 from shared.observability import LATENCY_BUCKETS
@@ -219,7 +221,7 @@ async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, attempt: Awaita
         await _fail(deps, signal, error.reason, error.error_type)
     except ExchangeUnavailable:
         await _venue_unavailable(deps, signal)
-        raise  # the message goes back to the queue and is tried again after a backoff
+        raise  # tried again after a backoff (in place, holding its symbol's turn: shared.messaging.LaneConsumer)
     else:
         deps.breaker.consecutive_failures = 0
 
@@ -233,19 +235,35 @@ async def _venue_unavailable(deps: ExecutorDeps, signal: SignalReceivedV1) -> No
                     f"BingX failed {failures} times in a row; entries are off until someone looks")
 
 
-def _refusal(deps: ExecutorDeps, signal: SignalReceivedV1, mode: KillSwitchMode) -> tuple[str | None, KillSwitchMode]:
-    """Why the kill switch refuses the signal, and the mode that does: the mode now, or one in force when the signal
-    arrived or since, which turning trading back on without force did not lift for the signals that waited."""
+async def _refusal(deps: ExecutorDeps, signal: SignalReceivedV1, mode: KillSwitchMode) -> tuple[str | None, KillSwitchMode]:
+    """Why the kill switch refuses the signal, and the mode that does: the mode now, or, when the switch changed
+    while the signal waited, one in force since it arrived that no forced turn-on lifted (killswitch.refused_since)."""
     refusal = domain.kill_switch_refusal(mode, signal.action, signal.reduce_only)
     if refusal is not None:
         return refusal, mode
-    earlier = deps.view.refused_since(
-        signal.received_at, lambda then: domain.kill_switch_refusal(then, signal.action, signal.reduce_only) is not None)
+    state = deps.view.state
+    if state is None or state.changed_at <= signal.received_at:
+        return None, mode  # nothing changed while it waited
+    # Judged by the record, not by what this replica saw: it may have started, or lost the stream, since.
+    versions = await _versions_since(deps.db, signal.received_at)
+    earlier = refused_since(versions, signal.received_at,
+                            lambda then: domain.kill_switch_refusal(then, signal.action, signal.reduce_only) is not None)
     if earlier is None:
         return None, mode
     refusal = domain.kill_switch_refusal(earlier.mode, signal.action, signal.reduce_only)
     return (f"{refusal} while it waited (kill-switch version {earlier.version}); trading turned back on since runs only "
             "the signals that came after, unless turned on with force"), earlier.mode
+
+
+async def _versions_since(db: AsyncDatabase, at: datetime, limit: int = 1000) -> list[KillSwitchChangedV1]:
+    """The kill switch's versions from the one in force at `at` on, oldest first, from `control_history` (which the
+    control service writes before it publishes a version)."""
+    versions = []
+    async for document in db.control_history.find({}, {"_id": 0}, sort=[("version", DESCENDING)], limit=limit):
+        versions.append(KillSwitchChangedV1.model_validate(document))
+        if document["changed_at"] <= at:
+            break
+    return versions[::-1]
 
 
 def _will_need_price(signal: SignalReceivedV1, deps: ExecutorDeps) -> bool:
@@ -411,18 +429,18 @@ async def _execute(signal: SignalReceivedV1, document: dict, deps: ExecutorDeps)
         # The link to the control stream was lost: wait (the message goes back) rather than guess or skip.
         raise KillSwitchUnknown("the kill-switch state is not known at the moment")
     now = utcnow()
-    refusal, mode = _refusal(deps, signal, mode)
+    refusal, refused_by = await _refusal(deps, signal, mode)
     if refusal is not None:
         _unless_earlier_request_may_land(document, legs, looked_at, refusal)
-        if deps.breaker.tripped is not None and mode is not deps.view.mode:
+        if deps.breaker.tripped is not None and refused_by is mode and mode is not deps.view.mode:
             refusal = f"{refusal} (tripped by the executor: {deps.breaker.tripped.reason})"
         if legs and legs[0].get("order_id"):
             await _finish_placed(deps, signal, legs, stopped=refusal)
             return
         await _finish(deps, signal, SKIPPED, SignalSkippedV1(
             signal_id=signal.signal_id, account=signal.account, symbol=signal.symbol, action=signal.action,
-            reason=refusal, mode=mode, skipped_at=now,
-        ), reason=refusal, mode=mode.value)
+            reason=refusal, mode=refused_by, skipped_at=now,
+        ), reason=refusal, mode=refused_by.value)
         return
 
     age = domain.age_seconds(signal, now)
@@ -671,10 +689,12 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
         if ((wanted_margin_mode is not None and await exchange.margin_mode(signal.symbol) != wanted_margin_mode)
                 or (wanted_leverage is not None and await exchange.leverage(signal.symbol, position_side) != wanted_leverage)):
             raise _SettingsToChange()
-    if wanted_margin_mode is not None:
-        await exchange.ensure_margin_mode(signal.symbol, wanted_margin_mode)
-    if wanted_leverage is not None:
-        await exchange.ensure_leverage(signal.symbol, wanted_leverage, position_side)
+        # As asked already: nothing is set here (ensure_* could ask again, and set, once the cache ran out).
+    else:
+        if wanted_margin_mode is not None:
+            await exchange.ensure_margin_mode(signal.symbol, wanted_margin_mode)
+        if wanted_leverage is not None:
+            await exchange.ensure_leverage(signal.symbol, wanted_leverage, position_side)
     return OrderPlan(
         side=side, amount=amount, reduce_only=False, price=limit_price,
         stop_loss=None if stop_loss is None else exchange.price_to_precision(signal.symbol, stop_loss),
@@ -690,8 +710,9 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     """The common case in one write: a signal seen for the first time, which the kill switch lets through, fresh,
     whose plan reads the venue but changes nothing there, is claimed already `submitting`, with its legs.
 
-    Planning reads only (prices, positions, balance, the risk counts), so planning a signal that turns out to have
-    been handled already is harmless: its insert then finds the document, and the signal takes the usual way
+    Planning changes nothing at the venue (it reads prices, positions, balance and the risk counts; the day's first
+    equity may be noted for the loss limit), so planning a signal that turns out to have been handled already is
+    harmless: its insert then finds the document, and the signal takes the usual way
     (claim, then look). So does every other case: a resend without an `id` (ordered by claim), a flat (which cancels
     orders first), a reverse, a setting to change at the venue, a plan that fails or is refused. The venue away
     while planning raises ExchangeUnavailable, nothing written. Returns the document and its legs, or None for the
@@ -700,7 +721,7 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     if signal.resend_key is not None or signal.action in (Action.FLAT, Action.REVERSE):
         return None
     mode = deps.breaker.mode(deps.view)
-    if mode is None or _refusal(deps, signal, mode)[0] is not None:
+    if mode is None or (await _refusal(deps, signal, mode))[0] is not None:
         return None
     age = domain.age_seconds(signal, utcnow())
     if age > signal.max_lag_s:

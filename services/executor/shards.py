@@ -170,11 +170,7 @@ class ShardConsumers:
         self.releasing.add(shard)
         consumer = self.consumers.pop(shard)
         try:
-            await consumer.stop()  # the message in hand is finished and acked first
-            try:
-                await consumer.channel.close()
-            except Exception:  # already gone with the connection
-                pass
+            await consumer.stop()  # what each symbol has in hand is finished first; its channel is closed
         finally:
             self.releasing.discard(shard)
 

@@ -46,6 +46,7 @@ class Harness:
     async def set_mode(self, mode: KillSwitchMode, *, forced: bool = False) -> None:
         self.version += 1
         state = KillSwitchChangedV1(version=self.version, mode=mode, actor="test", reason="test", changed_at=utcnow(), forced=forced)
+        await self.db.control_history.insert_one(state.model_dump(mode="python"))  # recorded first, as control does
         await self.publisher.publish(state, exchange="", routing_key=messaging.CONTROL_STREAM)
 
     async def send(self, **fields) -> SignalReceivedV1:
@@ -142,7 +143,7 @@ async def writes_to(stream, signal_id: str, until: str) -> list[tuple[str, str |
 
 async def test_a_plain_entry_is_claimed_ready_to_send_in_one_write(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
     """The common case writes its signal twice (claimed with its order planned; placed), not three times; an entry
-    that changes the venue's leverage first is claimed before anything is changed there."""
+    that changes the venue's leverage takes the usual way, claimed (`received`) before it is planned."""
     async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue) as (h, _):
         await h.set_mode(KillSwitchMode.RUNNING)
         async with await mongo_db.signals.watch(max_await_time_ms=200) as stream:
@@ -188,6 +189,23 @@ async def test_a_signal_that_waited_through_entries_off_is_not_run_when_trading_
         forced = await h.settled(await h.send(qty=Decimal("0.01"), received_at=waited_since))
         assert forced["status"] == "placed", forced
         assert len(await h.venue_orders()) == 2
+
+
+async def test_an_executor_started_after_trading_was_turned_back_on_still_skips_what_waited_through_the_halt(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    """A replica that starts (or takes a shard over) after the turn-on reads only the latest version from the stream:
+    what waited through the halt is judged by the recorded history."""
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, start_executor=False) as (h, settings):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        waited = SignalReceivedV1(signal_id="waited-1", token_name="main", symbol=BTC, action="buy", qty=Decimal("0.01"),
+                                  received_at=utcnow())
+        await h.set_mode(KillSwitchMode.HALTED)
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await h.publisher.publish(waited, exchange=messaging.SIGNALS_EXCHANGE, message_id=waited.signal_id)
+        async with build(settings) as executor, consuming(executor):
+            document = await h.settled(waited)
+        assert (document["status"], document["mode"]) == ("skipped", "halted"), document
+        assert await h.venue_orders() == []
 
 
 async def test_a_redelivered_signal_is_not_placed_twice(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
