@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -129,6 +130,7 @@ class Breaker:
 
     max_consecutive_failures: int = 5
     consecutive_failures: int = 0
+    last_failure_at: float = float("-inf")  # time.monotonic() when the last failure counted was seen
     trips: list[tuple[KillSwitchTripV1, int]] = dataclasses.field(default_factory=list)  # (trip, version then)
 
     def hold(self, trip: KillSwitchTripV1, under_version: int) -> None:
@@ -140,6 +142,21 @@ class Breaker:
         """The strictest trip still held."""
         held = [trip for trip, _ in self.trips]
         return max(held, key=lambda t: KILL_SWITCH_STRICTNESS[t.mode]) if held else None
+
+    def failed(self, attempt_started: float) -> int | None:
+        """The venue failed an attempt begun at `attempt_started`: the failures in a row now, or None when it does not
+        count. Attempts under way together (the symbols of a shard run side by side) that one outage fails count
+        once, as one attempt would: in a row means each began after the one before had failed."""
+        if attempt_started < self.last_failure_at:
+            return None
+        self.last_failure_at = time.monotonic()
+        self.consecutive_failures += 1
+        return self.consecutive_failures
+
+    def succeeded(self, attempt_started: float) -> None:
+        """Only an attempt begun after the last failure shows the venue working again."""
+        if attempt_started >= self.last_failure_at:
+            self.consecutive_failures = 0
 
     def mode(self, view: KillSwitchView) -> KillSwitchMode | None:
         """The mode to obey: the kill switch's, made stricter by the trips nobody has answered yet."""
@@ -174,17 +191,19 @@ class ExecutorDeps:
 
 
 async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
+    started = time.monotonic()  # for the breaker: which venue failures are in a row
     if _will_need_price(signal, deps):
         deps.exchange.prefetch_price(signal.symbol)  # answered while the claim is written
     try:
         planned = await _claim_planned(deps, signal)
     except ExchangeUnavailable:
         await _claim(deps, signal)  # recorded as received while the venue is away, as the usual way records it
-        await _venue_unavailable(deps, signal)
+        await _venue_unavailable(deps, signal, started)
         raise
     if planned is not None:
         document, legs = planned
-        await _guarded(deps, signal, _send_legs(signal, document, legs, deps, looked_at=document["claimed_at"], stamped=True))
+        await _guarded(deps, signal, started,
+                       _send_legs(signal, document, legs, deps, looked_at=document["claimed_at"], stamped=True))
         return
     document = await _claim(deps, signal)
     if document.get("fingerprint") not in (None, _fingerprint(signal)):
@@ -205,10 +224,10 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
                 reason=reason, mode=deps.view.mode, skipped_at=utcnow(),
             ), reason=reason, resend_of=first["_id"])
             return
-    await _guarded(deps, signal, _execute(signal, document, deps))
+    await _guarded(deps, signal, started, _execute(signal, document, deps))
 
 
-async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, attempt: Awaitable[None]) -> None:
+async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, started: float, attempt: Awaitable[None]) -> None:
     """Run an attempt at the signal; the venue's refusals and outages end as the safety rules say."""
     try:
         await attempt
@@ -220,16 +239,15 @@ async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, attempt: Awaita
                         f"BingX refused the API key ({error.reason}): it may be revoked or leaked; check it before trading again")
         await _fail(deps, signal, error.reason, error.error_type)
     except ExchangeUnavailable:
-        await _venue_unavailable(deps, signal)
+        await _venue_unavailable(deps, signal, started)
         raise  # tried again after a backoff (in place, holding its symbol's turn: shared.messaging.LaneConsumer)
     else:
-        deps.breaker.consecutive_failures = 0
+        deps.breaker.succeeded(started)
 
 
-async def _venue_unavailable(deps: ExecutorDeps, signal: SignalReceivedV1) -> None:
-    deps.breaker.consecutive_failures += 1
-    failures = deps.breaker.consecutive_failures
-    if failures >= deps.breaker.max_consecutive_failures:
+async def _venue_unavailable(deps: ExecutorDeps, signal: SignalReceivedV1, started: float) -> None:
+    failures = deps.breaker.failed(started)
+    if failures is not None and failures >= deps.breaker.max_consecutive_failures:
         deps.breaker.consecutive_failures = 0  # N more in a row trip it again, should someone turn it back on
         await _trip(deps, KillSwitchMode.ENTRIES_OFF, "SEV2", signal.signal_id,
                     f"BingX failed {failures} times in a row; entries are off until someone looks")
@@ -669,7 +687,6 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
     leverage = wanted_leverage or await exchange.leverage(signal.symbol, position_side)
     limits = deps.risk.over(deps.view.state.risk_limits if deps.view.state else None)
     risk.check_leverage(limits, leverage)
-    await risk.check_order_rate(limits, deps.db, utcnow())
     reference = limit_price or await exchange.price(signal.symbol)
     free = Decimal(0)
     if signal.percent is not None or limits.daily_loss_limit_usdt:
@@ -683,6 +700,7 @@ async def _plan_entry(deps: ExecutorDeps, signal: SignalReceivedV1, side: str, l
         held = sum((p.contracts for p in await exchange.positions(signal.symbol) if p.side == ("long" if side == "buy" else "short")), Decimal(0))
         risk.check_notional(limits, held=held, amount=amount, price=reference, symbol=signal.symbol)
     stop_loss, take_profit = domain.protection(signal, side, reference)
+    await risk.take_order_slot(limits, deps.db, signal.signal_id, utcnow())  # the last check: it counts the order
     # Every check passed: only now is anything changed at the venue. Set before the order, or the order is not
     # sent: never an entry without the leverage or margin mode asked for.
     if not settle:
@@ -710,8 +728,8 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     """The common case in one write: a signal seen for the first time, which the kill switch lets through, fresh,
     whose plan reads the venue but changes nothing there, is claimed already `submitting`, with its legs.
 
-    Planning changes nothing at the venue (it reads prices, positions, balance and the risk counts; the day's first
-    equity may be noted for the loss limit), so planning a signal that turns out to have been handled already is
+    Planning changes nothing at the venue (it reads prices, positions and balance; the day's first equity may be
+    noted for the loss limit, and an order-rate slot taken for the signal, which keeps it), so planning a signal that turns out to have been handled already is
     harmless: its insert then finds the document, and the signal takes the usual way
     (claim, then look). So does every other case: a resend without an `id` (ordered by claim), a flat (which cancels
     orders first), a reverse, a setting to change at the venue, a plan that fails or is refused. The venue away

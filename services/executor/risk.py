@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from services.executor.domain import CannotPlace
 from shared.contracts import RiskLimitsV1
@@ -58,18 +59,39 @@ def check_notional(limits: RiskLimits, *, held: Decimal, amount: Decimal, price:
                           f"{limits.max_notional_usdt} USDT ({limits.source('max_notional_usdt')})")
 
 
-async def check_order_rate(limits: RiskLimits, db: AsyncDatabase, now: datetime) -> None:
-    """Counted in `orders`, so every executor replica counts the same orders; across every `account` label, which all
-    trade with the one API key."""
-    if not limits.max_orders_per_minute:
+ORDER_SLOTS = "order_slots"
+
+
+async def take_order_slot(limits: RiskLimits, db: AsyncDatabase, holder: str, now: datetime) -> None:
+    """An opening order about to be sent takes one of `max_orders_per_minute` slots for a minute, or is refused.
+
+    Slots, not a count of the orders placed: signals of several symbols are planned at once (and on every executor
+    replica), and each would count the same orders before any of theirs was recorded. A slot is taken by one atomic
+    update of one document, so no two plans get the same one. The signal (`holder`) keeps its slot through its
+    retries; an order the venue refuses after it took one still counts. Across every `account` label, which all
+    trade with the one API key.
+    """
+    limit = limits.max_orders_per_minute
+    if not limit:
         return
-    recent = await db.orders.count_documents(
-        {"reduce_only": False, "placed_at": {"$gt": now - timedelta(minutes=1)}},
-        limit=limits.max_orders_per_minute,
-    )
-    if recent >= limits.max_orders_per_minute:
-        raise CannotPlace(f"{recent} opening orders in the last minute: the limit is {limits.max_orders_per_minute} "
-                          f"({limits.source('max_orders_per_minute')})")
+    slots = db[ORDER_SLOTS]
+    mine = {"_id": {"$lt": limit}, "holder": holder, "until": {"$gt": now}}
+    if await slots.find_one(mine, {"_id": 1}) is not None:
+        return  # an earlier attempt at this signal took it
+    taken = {"holder": holder, "until": now + timedelta(minutes=1), "taken_at": now}
+    for _ in range(limit + 1):  # each round takes a slot, or finds the one it would add added by someone else
+        if await slots.find_one_and_update({"_id": {"$lt": limit}, "until": {"$lte": now}}, {"$set": taken}) is not None:
+            return
+        count = await slots.count_documents({"_id": {"$lt": limit}})  # the slots are numbered 0, 1, ... in order
+        if count >= limit:
+            break
+        try:
+            await slots.insert_one({"_id": count, **taken})
+            return
+        except DuplicateKeyError:
+            continue
+    raise CannotPlace(f"{limit} opening orders in the last minute: the limit is {limit} "
+                      f"({limits.source('max_orders_per_minute')})")
 
 
 async def check_daily_loss(limits: RiskLimits, db: AsyncDatabase, equity: Decimal, now: datetime) -> None:

@@ -681,6 +681,38 @@ async def test_risk_limits_refuse_entries_with_the_limit_broken_and_let_closes_t
         assert await h.position() is None
 
 
+async def test_entries_of_several_symbols_at_once_never_go_over_the_order_rate_limit(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    # The symbols run side by side: each plan would count the same placed orders before any of theirs was recorded.
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, risk_max_orders_per_minute=2) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        sizes = {BTC: Decimal("0.001"), "ETH/USDT:USDT": Decimal("0.01"), "SOL/USDT:USDT": Decimal("0.1")}
+        signals = [await h.send(symbol=symbol, qty=qty) for _ in range(3) for symbol, qty in sizes.items()]
+        outcomes = [await h.settled(signal) for signal in signals]
+        placed = [o for o in outcomes if o["status"] == "placed"]
+        refused = [o for o in outcomes if o["status"] == "failed"]
+        assert len(placed) == 2 and len(refused) == 7, [(o["symbol"], o["status"], o.get("reason")) for o in outcomes]
+        assert all("2 opening orders in the last minute" in o["reason"] for o in refused), refused
+        assert await mongo_db.orders.count_documents({"reduce_only": False}) == 2
+
+
+async def test_one_outage_met_by_several_symbols_at_once_counts_as_one_failure(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, executor_max_consecutive_failures=2) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        # The three prices are asked for together and fail together, slowly enough that none is asked after a failure.
+        ticker = "/openApi/swap/v2/quote/ticker"
+        await inject(h, kind="latency", ms=300, path=ticker, count=3)
+        await inject(h, kind="http", status=503, body="busy", path=ticker, count=3)
+        sizes = {BTC: Decimal("0.001"), "ETH/USDT:USDT": Decimal("0.01"), "SOL/USDT:USDT": Decimal("0.1")}
+        signals = [await h.send(symbol=symbol, qty=qty) for symbol, qty in sizes.items()]
+        outcomes = [await h.settled(signal) for signal in signals]
+        assert [o["status"] for o in outcomes] == ["placed"] * 3, outcomes  # tried again, not turned away by a trip
+        assert await trips(h) == []
+        from tests.integration.test_bingx_sim import admin
+
+        _, body = await admin(h.base_url, "GET", "/_sim/faults")
+        assert body["faults"] == []  # all three were met: the venue did fail them
+
+
 async def test_the_daily_loss_limit_refuses_entries_and_turns_them_off_for_everyone(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
     from tests.integration.test_bingx_sim import admin
 
