@@ -104,7 +104,13 @@ async def test_kill_switch_halts_while_order_requests_are_held_up_at_the_exchang
     stream = AlertStream(stack, alerts, interval=0.04)
     sending = asyncio.create_task(stream.run())
     await stream.reached(10)
+    injected = datetime.now(timezone.utc)
     await inject(stack, kind="latency", ms=3500, path=ORDER_PATH, method="POST", seconds=0.3)
+
+    async def held_up() -> bool:  # an order request on its way across the halt, which is what this test is about
+        return await mongo_db.signals.count_documents({"status": "submitting", "sent_at": {"$gt": injected}}) > 0
+
+    await wait_for(held_up, timeout=5, interval=0.005, what="an order request to be held up at the exchange")
     obeyed = await switch_off(stack, "halted")
     await stream.reached(30)
     # Refused while the signals behind the held ones wait; they are recorded skipped once the venue has answered.
