@@ -194,18 +194,24 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
     started = time.monotonic()  # for the breaker: which venue failures are in a row
     if _will_need_price(signal, deps):
         deps.exchange.prefetch_price(signal.symbol)  # answered while the claim is written
+    document = None
     try:
         planned = await _claim_planned(deps, signal)
     except ExchangeUnavailable:
-        await _claim(deps, signal)  # recorded as received while the venue is away, as the usual way records it
-        await _venue_unavailable(deps, signal, started)
-        raise
+        # Recorded as received while the venue is away, as the usual way records it. A delivery of a signal handled
+        # already needs no venue: it is answered below rather than made to wait (and counted) with the rest.
+        document = await _claim(deps, signal)
+        if document["status"] not in TERMINAL:
+            await _venue_unavailable(deps, signal, started)
+            raise
+        planned = None
     if planned is not None:
         document, legs = planned
         await _guarded(deps, signal, started,
                        _send_legs(signal, document, legs, deps, looked_at=document["claimed_at"], stamped=True))
         return
-    document = await _claim(deps, signal)
+    if document is None:
+        document = await _claim(deps, signal)
     if document.get("fingerprint") not in (None, _fingerprint(signal)):
         await _report_conflict(deps, signal, document)
         return

@@ -713,6 +713,28 @@ async def test_one_outage_met_by_several_symbols_at_once_counts_as_one_failure(a
         assert body["faults"] == []  # all three were met: the venue did fail them
 
 
+async def test_a_signal_handled_already_and_delivered_again_while_the_venue_is_away_is_answered_at_once(
+        amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, executor_max_consecutive_failures=1) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        signal = await h.send(qty=Decimal("0.01"))
+        assert (await h.settled(signal))["status"] == "placed"
+        # Its plan is made before the claim finds it done: the venue failing that plan must not hold it up or count.
+        await inject(h, kind="http", status=503, body="busy", path="/openApi/swap/v2/quote/ticker", count=1)
+        await h.publisher.publish(signal, exchange=messaging.SIGNALS_EXCHANGE, message_id=signal.signal_id)
+
+        async def told_twice() -> bool:
+            return len(await events_of(h, "OrderPlacedV1", signal.signal_id)) >= 2
+
+        await wait_for(told_twice, what="the second delivery to be answered")
+        from tests.integration.test_bingx_sim import admin
+
+        _, body = await admin(h.base_url, "GET", "/_sim/faults")
+        assert body["faults"] == []  # the plan did meet the venue away
+        assert await trips(h) == []  # not counted as the venue failing a signal
+        assert len(await h.venue_orders()) == 1
+
+
 async def test_the_daily_loss_limit_refuses_entries_and_turns_them_off_for_everyone(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
     from tests.integration.test_bingx_sim import admin
 
