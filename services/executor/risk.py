@@ -90,7 +90,7 @@ async def take_order_slot(limits: RiskLimits, db: AsyncDatabase, holder: str, no
             return
         except DuplicateKeyError:
             continue
-    raise CannotPlace(f"{limit} opening orders in the last minute: the limit is {limit} "
+    raise CannotPlace(f"{limit} opening order{'s' if limit > 1 else ''} in the last minute: the limit is {limit} "
                       f"({limits.source('max_orders_per_minute')})")
 
 

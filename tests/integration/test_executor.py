@@ -695,6 +695,17 @@ async def test_entries_of_several_symbols_at_once_never_go_over_the_order_rate_l
         assert await mongo_db.orders.count_documents({"reduce_only": False}) == 2
 
 
+async def test_a_signal_planned_twice_takes_one_order_slot(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, risk_max_orders_per_minute=1) as (h, _):
+        await h.set_mode(KillSwitchMode.RUNNING)
+        # A leverage to change is planned once ahead of the claim (and put back), then again after it.
+        entry = await h.settled(await h.send(qty=Decimal("0.001"), leverage=7))
+        assert entry["status"] == "placed", entry
+        assert (await h.ccxt.fetch_leverage(BTC))["longLeverage"] == 7
+        second = await h.settled(await h.send(qty=Decimal("0.001")))
+        assert second["status"] == "failed" and "1 opening order in the last minute: the limit is 1" in second["reason"], second
+
+
 async def test_one_outage_met_by_several_symbols_at_once_counts_as_one_failure(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
     async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, executor_max_consecutive_failures=2) as (h, _):
         await h.set_mode(KillSwitchMode.RUNNING)
