@@ -143,6 +143,7 @@ class BingxExchange:
             self._client.urls["api"] = {section: f"{base_url}/openApi" for section in self._client.urls["api"]}
         self.hedged = False
         self.markets_loaded_at: float | None = None
+        self.answered = float("-inf")  # time.monotonic() when the latest request BingX answered was sent (the breaker)
         # What the venue holds, kept in step with our own changes, so only what differs is set. Asked again after
         # SETTINGS_TTL_S: a trader may change it in BingX's app meanwhile.
         self._leverage: dict[str, tuple[float, dict[str, int]]] = {}  # symbol -> (learned at, side -> leverage)
@@ -154,11 +155,14 @@ class BingxExchange:
         # A span per venue call, inside the signal's trace: where an alert's milliseconds went, call by call.
         with _tracer.start_as_current_span(f"bingx {method}", kind=SpanKind.CLIENT) as span:
             span.set_attribute("bingx.method", method)
+            sent = time.monotonic()
             try:
-                return await getattr(self._client, method)(*args, **kwargs)
+                result = await getattr(self._client, method)(*args, **kwargs)
             except ccxt.BaseError as error:
                 span.set_attribute("bingx.error", type(error).__name__)
                 raise map_error(error) from error
+            self.answered = max(self.answered, sent)
+            return result
 
     async def start(self) -> None:
         await self.refresh_markets()

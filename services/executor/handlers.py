@@ -153,9 +153,11 @@ class Breaker:
         self.consecutive_failures += 1
         return self.consecutive_failures
 
-    def succeeded(self, attempt_started: float) -> None:
-        """Only an attempt begun after the last failure shows the venue working again."""
-        if attempt_started >= self.last_failure_at:
+    def succeeded(self, answered: float) -> None:
+        """An attempt went through; the failures in a row end if BingX answered a request (`answered`: when the
+        latest answered one was sent) sent after the last failure counted. One that asked nothing of BingX (skipped,
+        expired, refused by a limit) says nothing of it."""
+        if answered >= self.last_failure_at:
             self.consecutive_failures = 0
 
     def mode(self, view: KillSwitchView) -> KillSwitchMode | None:
@@ -248,7 +250,7 @@ async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, started: float,
         await _venue_unavailable(deps, signal, started)
         raise  # tried again after a backoff (in place, holding its symbol's turn: shared.messaging.LaneConsumer)
     else:
-        deps.breaker.succeeded(started)
+        deps.breaker.succeeded(deps.exchange.answered)
 
 
 async def _venue_unavailable(deps: ExecutorDeps, signal: SignalReceivedV1, started: float) -> None:
@@ -750,6 +752,8 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     age = domain.age_seconds(signal, utcnow())
     if age > signal.max_lag_s:
         return None
+    planned_at = utcnow()
+    planned_at = planned_at.replace(microsecond=planned_at.microsecond // 1000 * 1000)  # as Mongo keeps it
     try:
         plans = await _plan(deps, signal, settle=False)
     except ExchangeUnavailable:
@@ -768,7 +772,9 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     try:
         await deps.inserts.insert_one("signals", document)
     except DuplicateKeyError:
-        return None  # delivered before: the usual way finds what became of it
+        # Delivered before: the usual way finds what became of it, and plans again if it still has to be sent.
+        await risk.release_order_slot(deps.db, signal.signal_id, planned_at)
+        return None
     # What was found before this attempt, for _send_legs: nothing, so no earlier request of it can land.
     return {**document, "status": RECEIVED}, legs
 

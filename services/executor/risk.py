@@ -67,31 +67,50 @@ async def take_order_slot(limits: RiskLimits, db: AsyncDatabase, holder: str, no
 
     Slots, not a count of the orders placed: signals of several symbols are planned at once (and on every executor
     replica), and each would count the same orders before any of theirs was recorded. A slot is taken by one atomic
-    update of one document, so no two plans get the same one. The signal (`holder`) keeps its slot through its
-    retries; an order the venue refuses after it took one still counts. Across every `account` label, which all
-    trade with the one API key.
+    update of one document (or the insert of a new slot number, unique), so no two plans get the same one. The
+    signal (`holder`) keeps its slot when it is planned again, for a minute from then: it may be sent only now. An
+    order BingX refuses after its plan took a slot still counts. Across every `account` label, which all trade with
+    the one API key. Slots are kept, never deleted (a free one is taken again); compared with each replica's clock.
     """
     limit = limits.max_orders_per_minute
     if not limit:
         return
     slots = db[ORDER_SLOTS]
-    mine = {"_id": {"$lt": limit}, "holder": holder, "until": {"$gt": now}}
-    if await slots.find_one(mine, {"_id": 1}) is not None:
-        return  # an earlier attempt at this signal took it
-    taken = {"holder": holder, "until": now + timedelta(minutes=1), "taken_at": now}
+    until = now + timedelta(minutes=1)
+    if await slots.find_one_and_update({"holder": holder, "until": {"$gt": now}}, {"$set": {"until": until}},
+                                       projection={"_id": 1}) is not None:
+        return  # an earlier plan of this signal took it
+    # Slots numbered from a higher limit, before it was lowered, still count until they are free.
+    if await slots.count_documents({"until": {"$gt": now}}, limit=limit) >= limit:
+        raise _over_rate(limits)
+    taken = {"holder": holder, "until": until, "taken_at": now}
     for _ in range(limit + 1):  # each round takes a slot, or finds the one it would add added by someone else
-        if await slots.find_one_and_update({"_id": {"$lt": limit}, "until": {"$lte": now}}, {"$set": taken}) is not None:
+        if await slots.find_one_and_update({"_id": {"$lt": limit}, "until": {"$lte": now}}, {"$set": taken},
+                                           projection={"_id": 1}) is not None:
             return
-        count = await slots.count_documents({"_id": {"$lt": limit}})  # the slots are numbered 0, 1, ... in order
-        if count >= limit:
+        numbers = {document["_id"] async for document in slots.find({"_id": {"$lt": limit}}, {"_id": 1})}
+        missing = next((n for n in range(limit) if n not in numbers), None)
+        if missing is None:
             break
         try:
-            await slots.insert_one({"_id": count, **taken})
+            await slots.insert_one({"_id": missing, **taken})
             return
         except DuplicateKeyError:
             continue
-    raise CannotPlace(f"{limit} opening order{'s' if limit > 1 else ''} in the last minute: the limit is {limit} "
-                      f"({limits.source('max_orders_per_minute')})")
+    raise _over_rate(limits)
+
+
+async def release_order_slot(db: AsyncDatabase, holder: str, taken_since: datetime) -> None:
+    """Free the slot `holder` took at `taken_since` or later: the plan that took it sends nothing (its signal was
+    handled before). A slot taken earlier, for an order sent, keeps counting."""
+    await db[ORDER_SLOTS].update_many({"holder": holder, "taken_at": {"$gte": taken_since}},
+                                      {"$set": {"until": taken_since}})
+
+
+def _over_rate(limits: RiskLimits) -> CannotPlace:
+    limit = limits.max_orders_per_minute
+    return CannotPlace(f"{limit} opening order{'s' if limit > 1 else ''} in the last minute: the limit is {limit} "
+                       f"({limits.source('max_orders_per_minute')})")
 
 
 async def check_daily_loss(limits: RiskLimits, db: AsyncDatabase, equity: Decimal, now: datetime) -> None:
