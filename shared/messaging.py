@@ -11,7 +11,8 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -336,6 +337,18 @@ class Consumer:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
 
+    @contextmanager
+    def _processing(self, message: AbstractIncomingMessage) -> Iterator[None]:
+        """The span of handling one message, in the trace of the request that led to it, and its signal's logs."""
+        with tracer.start_as_current_span(f"process {self.queue_name}", context=extract_trace(message.headers),
+                                          kind=SpanKind.CONSUMER) as span, bound_signal(message.correlation_id):
+            span.set_attribute("messaging.message.id", message.message_id or "")
+            yield
+
+    async def _dead_letter_permanent(self, message: AbstractIncomingMessage, error: PermanentError) -> None:
+        log.error("message dead-lettered", extra={"queue": self.queue_name, "error": str(error)}, exc_info=True)
+        await message.reject(requeue=False)
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         if task is not None:
@@ -360,16 +373,11 @@ class Consumer:
         if self.stream:
             await self._process_stream(message, decoded)
             return
-        context = extract_trace(message.headers)
-        with tracer.start_as_current_span(
-            f"process {self.queue_name}", context=context, kind=SpanKind.CONSUMER
-        ) as span, bound_signal(message.correlation_id):
-            span.set_attribute("messaging.message.id", message.message_id or "")
+        with self._processing(message):
             try:
                 await self.handler(decoded, message)
             except PermanentError as error:
-                log.error("message dead-lettered", extra={"queue": self.queue_name, "error": str(error)}, exc_info=True)
-                await message.reject(requeue=False)
+                await self._dead_letter_permanent(message, error)
                 return
             except asyncio.CancelledError:
                 await _safe_nack(message)
@@ -478,14 +486,11 @@ class LaneConsumer(Consumer):
             return True
         failures = 0
         while True:
-            with tracer.start_as_current_span(f"process {self.queue_name}", context=extract_trace(message.headers),
-                                              kind=SpanKind.CONSUMER) as span, bound_signal(message.correlation_id):
-                span.set_attribute("messaging.message.id", message.message_id or "")
+            with self._processing(message):
                 try:
                     await self.handler(decoded, message)
                 except PermanentError as error:
-                    log.error("message dead-lettered", extra={"queue": self.queue_name, "error": str(error)}, exc_info=True)
-                    await message.reject(requeue=False)
+                    await self._dead_letter_permanent(message, error)
                     return True
                 except asyncio.CancelledError:
                     raise
