@@ -119,11 +119,17 @@ def secret_in_signal(signal: SignalReceivedV1, secrets: tuple[str, ...]) -> str 
     For the same reason a token shorter than 12 characters is not looked for: a word like 'tradingview' would turn
     away every strategy named after it.
     """
-    needles = [secret[:SECRET_IN_SIGNAL_FROM].lower() for secret in secrets if len(secret) >= SECRET_IN_SIGNAL_FROM]
-    for name, value in signal:
+    needles = _needles(secrets)
+    for name, value in vars(signal).items():  # the fields' values as kept (iterating the model itself costs more)
         if isinstance(value, str) and any(needle in value.lower() for needle in needles):
             return name
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _needles(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """What secret_in_signal looks for, worked out once per set of tokens rather than on every alert."""
+    return tuple(secret[:SECRET_IN_SIGNAL_FROM].lower() for secret in secrets if len(secret) >= SECRET_IN_SIGNAL_FROM)
 
 
 def signal_id_for(fingerprint_: str, payload_id: str | None, first_seen_ms: int) -> str:
