@@ -234,18 +234,27 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(target: Target, duration: int, token: str, vhost: str, mongo_pid: int) -> None:
+def measure(target: Target, duration: int, token: str, vhost: str) -> None:
     log_path = OUT_DIR / f"{target.name}.log"
     print(f"\n[{target.name}] starting on 127.0.0.1:{target.port}", flush=True)
     env = dict(target.env)
-    if "MONGO_DB" in env:
-        # A database of its own for each run, as each bare handler starts from nothing: the test server slows as
-        # the records of earlier runs pile up, which would measure the turn rather than the ingress.
-        env["MONGO_DB"] = f"{env['MONGO_DB']}_{len(target.runs)}"
+    mongo = None
+    if "MONGO_URI" in env:
+        # A database server of its own for each run, as each bare handler starts from nothing: the test server
+        # slows as the records of earlier runs pile up, and goes on using CPU for a while after a run (0.1 to 0.3
+        # cores), which would fall on whichever target came next.
+        mongo = MongoServer()
+        mongo.start()
+        env["MONGO_URI"] = mongo.uri
     with open(log_path, "wb") as log:
         # Own session: a Ctrl-C at the terminal reaches only the bench, which then stops the server in order.
-        process = subprocess.Popen(target.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        try:
+            process = subprocess.Popen(target.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        except BaseException:
+            if mongo is not None:
+                mongo.stop()
+            raise
     try:
         ready_s = wait_ready(process, target.port, target.name, log_path)
         print(f"[{target.name}] ready in {ready_s:.1f}s; warm-up {WARMUP_S}s", flush=True)
@@ -255,12 +264,14 @@ def measure(target: Target, duration: int, token: str, vhost: str, mongo_pid: in
         # wrk is the only child that ends during the run: RUSAGE_CHILDREN's growth is its CPU time.
         before, children_before, started = cpu_ticks(), children_cpu_seconds(), time.monotonic()
         measured = run_wrk(target.port, duration, f"{run_id}-measured", token, OUT_DIR / f"{target.name}.wrk.txt")
-        cpu = cpu_breakdown(before, cpu_ticks(), {"server": process.pid, "mongo": mongo_pid, "bench": os.getpid()},
-                            children_cpu_seconds() - children_before, time.monotonic() - started)
+        pids = {"server": process.pid, "bench": os.getpid(), "mongo": mongo.process.pid if mongo else -1}
+        cpu = cpu_breakdown(before, cpu_ticks(), pids, children_cpu_seconds() - children_before, time.monotonic() - started)
         alive = process.poll() is None
         metrics = scrape_metrics(target.port) if target.name == "ingress" and alive else {}
     finally:
         stop_process(process)
+        if mongo is not None:
+            mongo.stop()
     results = {
         **measured,
         "warmup": {key: warmup[key] for key in ("requests", "requests_per_s", "non_2xx", "statuses", "p99_us")},
@@ -289,16 +300,7 @@ def measure(target: Target, duration: int, token: str, vhost: str, mongo_pid: in
         # Empty for the next run: a queue left holding tens of thousands of messages would slow the broker for it.
         if target.name != "ingress":
             purge_queue(vhost, target.queue)
-    if "MONGO_DB" in env:
-        drop_database(env["MONGO_URI"], env["MONGO_DB"])
     target.runs.append(results)
-
-
-def drop_database(uri: str, name: str) -> None:
-    from pymongo import MongoClient
-
-    with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
-        client.drop_database(name)
 
 
 def ms(microseconds: float) -> str:
@@ -462,12 +464,9 @@ def main() -> int:
     token = secrets.token_urlsafe(24)
 
     with ExitStack() as cleanup:
-        mongo = MongoServer()
-        cleanup.callback(mongo.stop)
-        mongo.start()
         vhost, amqp_url = create_vhost()
         cleanup.callback(delete_vhost, vhost)
-        print(f"bench: SecantusDB on 127.0.0.1:{mongo.port}, RabbitMQ vhost {vhost}", flush=True)
+        print(f"bench: RabbitMQ vhost {vhost}; a SecantusDB of its own for each ingress run", flush=True)
 
         # The caller's own service settings must not leak into the servers under bench.
         base_env = {key: value for key, value in os.environ.items()
@@ -488,7 +487,7 @@ def main() -> int:
                 {
                     **base_env,
                     "AMQP_URL": amqp_url,
-                    "MONGO_URI": mongo.uri,
+                    "MONGO_URI": "",  # a server of its own per run (measure)
                     "MONGO_DB": "tvtb_bench",
                     "WEBHOOK_TOKENS": f"{TOKEN_NAME}:{token}",
                     "INGRESS_PORT": str(ports["ingress"]),
@@ -507,7 +506,7 @@ def main() -> int:
         for round_ in range(arguments.rounds):
             for offset in range(len(TARGET_NAMES)):
                 name = TARGET_NAMES[(round_ + offset) % len(TARGET_NAMES)]
-                measure(targets[name], arguments.duration, token, vhost, mongo.process.pid)
+                measure(targets[name], arguments.duration, token, vhost)
         for target in targets.values():
             target.settle()
 
