@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -123,6 +124,20 @@ def map_error(error: Exception) -> Exception:
     return error
 
 
+class VenueAnswers:
+    """When (time.monotonic()) the latest request BingX answered was sent, of those made for one attempt at a signal:
+    the executor's breaker counts only an attempt's own answers (handlers.handle_signal sets one in VENUE_ANSWERS;
+    a price prefetched in it, in a task of its own, shares it)."""
+
+    __slots__ = ("latest",)
+
+    def __init__(self) -> None:
+        self.latest = float("-inf")
+
+
+VENUE_ANSWERS: ContextVar[VenueAnswers | None] = ContextVar("venue_answers", default=None)
+
+
 class BingxExchange:
     """BingX perpetual swaps through ccxt's real code path; `base_url` points it at the simulator or a proxy."""
 
@@ -143,7 +158,6 @@ class BingxExchange:
             self._client.urls["api"] = {section: f"{base_url}/openApi" for section in self._client.urls["api"]}
         self.hedged = False
         self.markets_loaded_at: float | None = None
-        self.answered = float("-inf")  # time.monotonic() when the latest request BingX answered was sent (the breaker)
         # What the venue holds, kept in step with our own changes, so only what differs is set. Asked again after
         # SETTINGS_TTL_S: a trader may change it in BingX's app meanwhile.
         self._leverage: dict[str, tuple[float, dict[str, int]]] = {}  # symbol -> (learned at, side -> leverage)
@@ -161,7 +175,9 @@ class BingxExchange:
             except ccxt.BaseError as error:
                 span.set_attribute("bingx.error", type(error).__name__)
                 raise map_error(error) from error
-            self.answered = max(self.answered, sent)
+            answers = VENUE_ANSWERS.get()
+            if answers is not None:
+                answers.latest = max(answers.latest, sent)
             return result
 
     async def start(self) -> None:

@@ -30,12 +30,14 @@ from services.executor import domain, risk
 from services.executor.domain import CannotPlace, NothingToDo, OrderPlan
 from services.executor.risk import LossLimitBreached, RiskLimits
 from services.executor.exchange import (
+    VENUE_ANSWERS,
     AlreadyPlaced,
     BingxExchange,
     ExchangeAuthFailed,
     ExchangeUnavailable,
     OrderRejected,
     PlacedOrder,
+    VenueAnswers,
 )
 from shared.contracts import (
     Action,
@@ -154,9 +156,9 @@ class Breaker:
         return self.consecutive_failures
 
     def succeeded(self, answered: float) -> None:
-        """An attempt went through; the failures in a row end if BingX answered a request (`answered`: when the
-        latest answered one was sent) sent after the last failure counted. One that asked nothing of BingX (skipped,
-        expired, refused by a limit) says nothing of it."""
+        """An attempt went through; the failures in a row end if BingX answered one of its requests (`answered`:
+        when the latest answered one was sent) sent after the last failure counted. An attempt that asked nothing of
+        BingX (skipped, expired, refused by a limit) says nothing of it, nor does what other work asked meanwhile."""
         if answered >= self.last_failure_at:
             self.consecutive_failures = 0
 
@@ -193,7 +195,17 @@ class ExecutorDeps:
 
 
 async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
+    answers = VenueAnswers()
+    token = VENUE_ANSWERS.set(answers)  # what BingX answers this attempt (a prefetch started in it too): the breaker
+    try:
+        await _handle(signal, deps, answers)
+    finally:
+        VENUE_ANSWERS.reset(token)
+
+
+async def _handle(signal: SignalReceivedV1, deps: ExecutorDeps, answers: VenueAnswers) -> None:
     started = time.monotonic()  # for the breaker: which venue failures are in a row
+    planned_at = _as_kept(utcnow())  # an order slot planning ahead takes below is taken at this time or later
     if _will_need_price(signal, deps):
         deps.exchange.prefetch_price(signal.symbol)  # answered while the claim is written
     document = None
@@ -209,15 +221,19 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
         planned = None
     if planned is not None:
         document, legs = planned
-        await _guarded(deps, signal, started,
+        await _guarded(deps, signal, started, answers,
                        _send_legs(signal, document, legs, deps, looked_at=document["claimed_at"], stamped=True))
         return
     if document is None:
         document = await _claim(deps, signal)
-    if document.get("fingerprint") not in (None, _fingerprint(signal)):
+    conflict = document.get("fingerprint") not in (None, _fingerprint(signal))
+    status = document["status"]
+    if conflict or status in TERMINAL:
+        # Nothing is sent for it: a slot planning ahead took is given back (one its order was sent under keeps counting).
+        await risk.release_order_slot(deps.db, signal.signal_id, planned_at)
+    if conflict:
         await _report_conflict(deps, signal, document)
         return
-    status = document["status"]
     if status in TERMINAL:
         log.info("signal already handled; not executed again", extra={"status": status})
         # Published again: the first try may not have reached the broker. Its fixed message id keeps it told once.
@@ -232,10 +248,11 @@ async def handle_signal(signal: SignalReceivedV1, deps: ExecutorDeps) -> None:
                 reason=reason, mode=deps.view.mode, skipped_at=utcnow(),
             ), reason=reason, resend_of=first["_id"])
             return
-    await _guarded(deps, signal, started, _execute(signal, document, deps))
+    await _guarded(deps, signal, started, answers, _execute(signal, document, deps))
 
 
-async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, started: float, attempt: Awaitable[None]) -> None:
+async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, started: float, answers: VenueAnswers,
+                   attempt: Awaitable[None]) -> None:
     """Run an attempt at the signal; the venue's refusals and outages end as the safety rules say."""
     try:
         await attempt
@@ -250,7 +267,7 @@ async def _guarded(deps: ExecutorDeps, signal: SignalReceivedV1, started: float,
         await _venue_unavailable(deps, signal, started)
         raise  # tried again after a backoff (in place, holding its symbol's turn: shared.messaging.LaneConsumer)
     else:
-        deps.breaker.succeeded(deps.exchange.answered)
+        deps.breaker.succeeded(answers.latest)
 
 
 async def _venue_unavailable(deps: ExecutorDeps, signal: SignalReceivedV1, started: float) -> None:
@@ -752,8 +769,6 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     age = domain.age_seconds(signal, utcnow())
     if age > signal.max_lag_s:
         return None
-    planned_at = utcnow()
-    planned_at = planned_at.replace(microsecond=planned_at.microsecond // 1000 * 1000)  # as Mongo keeps it
     try:
         plans = await _plan(deps, signal, settle=False)
     except ExchangeUnavailable:
@@ -772,16 +787,20 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     try:
         await deps.inserts.insert_one("signals", document)
     except DuplicateKeyError:
-        # Delivered before: the usual way finds what became of it, and plans again if it still has to be sent.
-        await risk.release_order_slot(deps.db, signal.signal_id, planned_at)
+        # Delivered before: the usual way finds what became of it. The order slot this plan took stays taken unless
+        # that is nothing to send: a `submitting` signal may send its stored legs again, under it.
         return None
     # What was found before this attempt, for _send_legs: nothing, so no earlier request of it can land.
     return {**document, "status": RECEIVED}, legs
 
 
+def _as_kept(at: datetime) -> datetime:
+    """A time as Mongo keeps it (milliseconds), for comparing with what was stored."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
 def _claim_document(deps: ExecutorDeps, signal: SignalReceivedV1) -> dict:
-    now = utcnow()
-    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as Mongo keeps it: claims are compared by it
+    now = _as_kept(utcnow())  # claims are compared by it
     document = {
         "_id": signal.signal_id,
         "status": RECEIVED,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from datetime import timedelta
@@ -727,10 +728,20 @@ async def test_a_late_delivery_of_a_placed_entry_does_not_use_up_an_order_slot(a
         assert len(await h.venue_orders()) == 2
 
 
-async def test_signals_that_ask_nothing_of_bingx_do_not_end_its_failures_in_a_row(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+ORDER_POST = {"path": "/openApi/swap/v2/trade/order", "method": "POST"}
+
+
+@pytest.mark.parametrize("faults", [
+    # BingX away for the entry's price.
+    [{"kind": "http", "status": 503, "body": "busy", "path": "/openApi/swap/v2/quote/ticker"}],
+    # Orders failing, slowly, while BingX answers the rest: the entry's own look-up of its order is answered.
+    [{"kind": "latency", "ms": 500, **ORDER_POST}, {"kind": "http", "status": 503, "body": "busy", **ORDER_POST}],
+], ids=["prices", "orders"])
+async def test_signals_that_ask_nothing_of_bingx_do_not_end_its_failures_in_a_row(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, faults):
     async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, executor_max_consecutive_failures=2) as (h, _):
         await h.set_mode(KillSwitchMode.RUNNING)
-        await inject(h, kind="http", status=503, body="busy", path="/openApi/swap/v2/quote/ticker", seconds=1.5)
+        for fault in faults:
+            await inject(h, seconds=1.5, **fault)
         entry = await h.send(qty=Decimal("0.01"))
         # Meanwhile, on another symbol, alerts too old to run: each is expired without a word to BingX, and goes
         # through. That BingX was not asked says nothing of whether it is back.
@@ -738,10 +749,38 @@ async def test_signals_that_ask_nothing_of_bingx_do_not_end_its_failures_in_a_ro
         while time.monotonic() < ends:
             await h.send(symbol="ETH/USDT:USDT", qty=Decimal("0.1"), alert_time=utcnow() - timedelta(seconds=90), max_lag_s=60)
             await asyncio.sleep(0.05)  # the pace of the stream, not a wait for anything
-        document = await h.settled(entry)
+        # Skipped once the order it sent last can no longer land at BingX (REQUEST_MAY_LAND_S after it was sent).
+        document = await wait_for(lambda: h.signal_status(entry.signal_id, "placed", "failed", "skipped", "expired"),
+                                  timeout=25, what="the entry to settle")
         assert document["status"] == "skipped" and "entries are off" in document["reason"], document
         [trip] = await wait_for(lambda: trips(h), what="the trip")
         assert "2 times in a row" in trip.reason
+
+
+async def test_an_order_sent_again_after_its_slot_ran_out_is_sent_under_a_new_one(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
+    from services.executor.domain import OrderPlan
+    from services.executor.risk import ORDER_SLOTS
+
+    async with harness(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue, start_executor=False,
+                       risk_max_orders_per_minute=1) as (h, settings):
+        long_ago = utcnow() - timedelta(seconds=90)
+        signal = SignalReceivedV1(signal_id="resent-1", token_name="main", symbol=BTC, action="buy", qty=Decimal("0.01"),
+                                  received_at=long_ago, max_lag_s=300)
+        client_id = domain.client_order_id(signal.signal_id)
+        leg = {**dataclasses.asdict(OrderPlan(side="buy", amount=Decimal("0.01"), reduce_only=False)),
+               "client_order_id": client_id, "order_id": None}
+        # An attempt 90 s ago stored its order and sent it, which never reached BingX; its slot has run out since.
+        await mongo_db.signals.insert_one({"_id": signal.signal_id, "status": "submitting", "client_order_id": client_id,
+                                           "legs": [leg], "sent_at": long_ago, "claimed_at": long_ago, "attempts": 1,
+                                           "signal": signal.model_dump(mode="python"), "received_at": long_ago})
+        await h.set_mode(KillSwitchMode.RUNNING)
+        await h.publisher.publish(signal, exchange=messaging.SIGNALS_EXCHANGE, message_id=signal.signal_id)
+        async with build(settings) as executor, consuming(executor):
+            assert (await h.settled(signal))["status"] == "placed"
+            assert await mongo_db[ORDER_SLOTS].count_documents({"holder": signal.signal_id, "until": {"$gt": utcnow()}}) == 1
+            other = await h.settled(await h.send(qty=Decimal("0.001")))
+            assert other["status"] == "failed" and "1 opening order in the last minute" in other["reason"], other
+        assert len(await h.venue_orders()) == 1
 
 
 async def test_one_outage_met_by_several_symbols_at_once_counts_as_one_failure(amqp_url, mongo_uri, mongo_db_name, mongo_db, venue):
