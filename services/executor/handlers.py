@@ -228,8 +228,9 @@ async def _handle(signal: SignalReceivedV1, deps: ExecutorDeps, answers: VenueAn
         document = await _claim(deps, signal)
     conflict = document.get("fingerprint") not in (None, _fingerprint(signal))
     status = document["status"]
-    if conflict or status in TERMINAL:
-        # Nothing is sent for it: a slot planning ahead took is given back (one its order was sent under keeps counting).
+    if status in TERMINAL:
+        # Nothing more is sent under this id: a slot planning ahead took is given back (one taken before, which its
+        # order went out under, keeps counting). Not while another alert under the id is under way: it may hold it.
         await risk.release_order_slot(deps.db, signal.signal_id, planned_at)
     if conflict:
         await _report_conflict(deps, signal, document)
