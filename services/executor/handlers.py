@@ -755,9 +755,9 @@ async def _claim_planned(deps: ExecutorDeps, signal: SignalReceivedV1) -> tuple[
     whose plan reads the venue but changes nothing there, is claimed already `submitting`, with its legs.
 
     Planning changes nothing at the venue (it reads prices, positions and balance; the day's first equity may be
-    noted for the loss limit, and an order-rate slot taken for the signal, which keeps it), so planning a signal that turns out to have been handled already is
-    harmless: its insert then finds the document, and the signal takes the usual way
-    (claim, then look). So does every other case: a resend without an `id` (ordered by claim), a flat (which cancels
+    noted for the loss limit, and an order-rate slot taken for the signal, which keeps it), so planning a signal
+    that turns out to have been handled already is harmless: its insert then finds the document, and the signal
+    takes the usual way (claim, then look). So does every other case: a resend without an `id` (ordered by claim), a flat (which cancels
     orders first), a reverse, a setting to change at the venue, a plan that fails or is refused. The venue away
     while planning raises ExchangeUnavailable, nothing written. Returns the document and its legs, or None for the
     usual way.
